@@ -1,0 +1,93 @@
+"""The one protocol every backend implements, and the IO spec that names each component's tensors.
+
+The pipeline calls runners by component name with named torch tensors and gets named torch tensors
+back; it never asks which backend produced them. `export/` names ONNX inputs from the same spec, so a
+runner built from an ONNX file or a TensorRT engine is a drop-in replacement for the torch one.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from dataclasses import dataclass
+from typing import Any, Protocol, runtime_checkable
+
+
+@dataclass(frozen=True)
+class TensorSpec:
+    """One named input or output. Dims are ints (static) or names (dynamic axes)."""
+
+    name: str
+    dims: tuple[int | str, ...]
+    dtype: str = "float32"  # "float32" here means "the component's compute dtype" for floats
+
+
+@dataclass(frozen=True)
+class ComponentSpec:
+    name: str
+    inputs: tuple[TensorSpec, ...]
+    outputs: tuple[TensorSpec, ...]
+
+
+# Dynamic axes: B batch (the UNet sees 2·n with CFG), H/W latent height/width (image / 8).
+IO_SPEC: Mapping[str, ComponentSpec] = {
+    "text_encoder": ComponentSpec(
+        "text_encoder",
+        (TensorSpec("input_ids", ("B", 77), "int64"),),
+        (TensorSpec("text_embeds", ("B", 77, 768)),),
+    ),
+    "unet": ComponentSpec(
+        "unet",
+        (
+            TensorSpec("sample", ("B", 4, "H", "W")),
+            TensorSpec("timestep", ("B",)),
+            TensorSpec("text_embeds", ("B", 77, 768)),
+            TensorSpec("wplus_tokens", ("B", 4, 768)),
+            TensorSpec("wplus_scale", (1,)),
+        ),
+        (TensorSpec("noise_pred", ("B", 4, "H", "W")),),
+    ),
+    "vae_decoder": ComponentSpec(
+        "vae_decoder",
+        (TensorSpec("latent", ("B", 4, "H", "W")),),  # already divided by the VAE scaling factor
+        (TensorSpec("image", ("B", 3, "8H", "8W")),),  # in [-1, 1], not clamped
+    ),
+    "face_encoder": ComponentSpec(
+        "face_encoder",
+        (TensorSpec("image", ("B", 3, 256, 256)),),  # [-1, 1], background whitened
+        (TensorSpec("wplus", ("B", 18, 512)),),  # codes + latent_avg
+    ),
+    "identity_proj": ComponentSpec(
+        "identity_proj",
+        (TensorSpec("wplus", ("B", 18, 512)),),
+        (TensorSpec("wplus_tokens", ("B", 4, 768)),),
+    ),
+    "face_parser": ComponentSpec(
+        "face_parser",
+        (TensorSpec("image", ("B", 3, 512, 512)),),
+        (TensorSpec("logits", ("B", 19, 512, 512)),),
+    ),
+    "stylegan_preview": ComponentSpec(
+        "stylegan_preview",
+        (TensorSpec("wplus", ("B", 18, 512)),),
+        (TensorSpec("image", ("B", 3, "R", "R")),),
+    ),
+}
+
+
+@runtime_checkable
+class Runner(Protocol):
+    """A callable component: named torch tensors in, named torch tensors out."""
+
+    spec: ComponentSpec
+    backend: str  # "torch", "onnxruntime", "tensorrt"
+
+    def __call__(self, **inputs: Any) -> dict[str, Any]: ...
+
+
+class Runners(Protocol):
+    """What the pipeline needs: a runner per component name, and where tensors should live."""
+
+    device: Any  # torch.device
+    dtype: Any  # torch.dtype of float inputs
+
+    def get(self, component: str) -> Runner: ...

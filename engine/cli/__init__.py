@@ -1,0 +1,81 @@
+"""The `wplus` command. Each subcommand lives in its own module exposing `register(subparsers)`.
+
+Exit codes: 0 ok, 1 failure (an EngineError, printed without a traceback unless --debug), 2 usage.
+"""
+
+from __future__ import annotations
+
+import argparse
+import importlib
+import logging
+import os
+import sys
+from collections.abc import Sequence
+
+from engine.errors import Cancelled, EngineError
+
+# Subcommand modules in help order; a module registers one or more subcommands.
+SUBCOMMAND_MODULES = (
+    "engine.cli.align",
+    "engine.cli.encode",
+    "engine.cli.edit",
+    "engine.cli.generate",
+    "engine.cli.preview",
+    "engine.cli.likeness",
+    "engine.cli.models",
+    "engine.cli.info",
+)
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="wplus",
+        description="W+ Studio command line: align and encode faces, edit W+, generate with SD1.5 + the W+ adapter.",
+    )
+    parser.add_argument("--debug", action="store_true", help="show tracebacks and debug logging")
+    parser.add_argument("--models-dir", help="models folder (default: WPLUS_MODELS_DIR, settings, ./models)")
+    parser.add_argument("--device", default="auto", help="cpu, cuda, cuda:N or auto (default)")
+    sub = parser.add_subparsers(dest="command", metavar="COMMAND")
+    for name in SUBCOMMAND_MODULES:
+        try:
+            module = importlib.import_module(name)
+        except ModuleNotFoundError as exc:
+            if exc.name == name:  # not written yet in this build
+                continue
+            raise
+        module.register(sub)
+    return parser
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    os.environ.setdefault("HF_HUB_OFFLINE", "1")
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    logging.basicConfig(level=logging.DEBUG if args.debug else logging.WARNING, format="%(levelname)s %(name)s: %(message)s")
+    if not getattr(args, "func", None):
+        parser.print_help()
+        return 2
+    try:
+        return int(args.func(args) or 0)
+    except EngineError as exc:
+        if args.debug:
+            raise
+        print(f"error: {exc.user_message}", file=sys.stderr)
+        if exc.hint:
+            print(f"hint: {exc.hint}", file=sys.stderr)
+        return 1
+    except Cancelled:
+        print("cancelled", file=sys.stderr)
+        return 1
+    except KeyboardInterrupt:
+        print("interrupted", file=sys.stderr)
+        return 130
+    except OSError as exc:
+        if args.debug:
+            raise
+        print(f"error: {exc.strerror or exc} ({exc.filename or ''})", file=sys.stderr)
+        return 1
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,16 @@
+"""Helpers shared by the subcommands: building the config and the session from parsed arguments."""
+
+from __future__ import annotations
+
+import argparse
+
+from engine.config import EngineConfig
+
+
+def config_from_args(args: argparse.Namespace, **overrides: str) -> EngineConfig:
+    from engine.manifest import resolve_models_dir
+
+    models_dir, _why = resolve_models_dir(getattr(args, "models_dir", None))
+    fields = {"models_dir": models_dir, "device": getattr(args, "device", "auto") or "auto"}
+    fields.update({k: v for k, v in overrides.items() if v})
+    return EngineConfig(**fields)

@@ -1,0 +1,103 @@
+"""The engine facade: one object that the CLI and the desktop bridge drive.
+
+It only composes: models are located through the config, loaded once through the `ModelStore`, and
+each call delegates to the module that owns the work (faces, edits, pipeline, preview).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Sequence
+from typing import Any
+
+import numpy as np
+
+from engine.api import (
+    BurstResult,
+    EditState,
+    GenerateRequest,
+    Identity,
+    ModelState,
+    Progress,
+    Result,
+    SliderSpec,
+)
+from engine.config import EngineConfig
+from engine.store import ModelStore
+
+ProgressFn = Callable[[Progress], None] | None
+
+
+class Session:
+    """Implements `engine.api.EngineSession` on the configured backend."""
+
+    def __init__(self, config: EngineConfig, store: ModelStore | None = None) -> None:
+        self.config = config
+        self.store = store or ModelStore()
+
+    # -- models ---------------------------------------------------------------------------------
+    def model_states(self) -> tuple[ModelState, ...]:
+        from engine.manifest import check_models
+
+        return check_models(self.config)
+
+    # -- edits ----------------------------------------------------------------------------------
+    def _directions(self):
+        from engine.edits.directions import DirectionLibrary
+
+        return self.store.get(("directions",), DirectionLibrary.load_default)
+
+    def catalog(self) -> tuple[SliderSpec, ...]:
+        return self._directions().catalog
+
+    def apply_edits(self, wplus: np.ndarray, edits: EditState) -> np.ndarray:
+        return self._directions().apply(wplus, edits)
+
+    # -- faces ----------------------------------------------------------------------------------
+    def _face_chain(self):
+        from engine.faces.chain import FaceChain
+
+        return self.store.get(("face_chain",), lambda: FaceChain.from_config(self.config, self.store))
+
+    def encode_identity(
+        self, image: np.ndarray, *, name: str = "", aligned: bool = False, face_index: int = 0,
+        token: Any = None, progress: ProgressFn = None,
+    ) -> Identity:
+        return self._face_chain().encode_identity(
+            image, name=name, aligned=aligned, face_index=face_index, token=token, progress=progress
+        )
+
+    def encode_burst(
+        self, images: Sequence[np.ndarray], *, name: str = "", token: Any = None, progress: ProgressFn = None
+    ) -> BurstResult:
+        return self._face_chain().encode_burst(images, name=name, token=token, progress=progress)
+
+    def likeness(self, face_a: np.ndarray, image_b: np.ndarray) -> float:
+        from engine.faces.likeness import likeness_distance
+
+        return likeness_distance(face_a, image_b)
+
+    # -- generation -----------------------------------------------------------------------------
+    def _pipeline(self):
+        from engine.pipeline.generate import WPlusPipeline
+
+        return self.store.get(("pipeline",), lambda: WPlusPipeline.from_config(self.config, self.store))
+
+    def render(self, request: GenerateRequest, token: Any = None, progress: ProgressFn = None) -> Result:
+        if request.wplus is not None and not request.edits.is_identity:
+            edited = self.apply_edits(request.wplus, request.edits)
+        else:
+            edited = request.wplus
+        return self._pipeline().render(request, edited_wplus=edited, token=token, progress=progress)
+
+    # -- StyleGAN2 preview ----------------------------------------------------------------------
+    def _stylegan(self):
+        from engine.networks.stylegan2 import StyleGANPreview
+
+        return self.store.get(("stylegan",), lambda: StyleGANPreview.from_config(self.config))
+
+    def preview_face(self, wplus: np.ndarray, edits: EditState = EditState(), size: int = 256) -> np.ndarray:
+        w = self.apply_edits(wplus, edits) if not edits.is_identity else wplus
+        return self._stylegan().render(w, size=size)
+
+    def close(self) -> None:
+        self.store.drop()

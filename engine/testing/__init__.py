@@ -1,0 +1,1 @@
+"""Deterministic test weights and tiny models, shared by tests, benchmarks and `--self-test`."""

@@ -1,0 +1,51 @@
+"""Suite-wide fixtures: offline guarantee, shared fixture paths, deterministic threads."""
+
+from __future__ import annotations
+
+import os
+import socket
+from pathlib import Path
+
+import pytest
+
+os.environ.setdefault("HF_HUB_OFFLINE", "1")
+os.environ.setdefault("TRANSFORMERS_OFFLINE", "1")
+os.environ.setdefault("QT_QPA_PLATFORM", "offscreen")
+
+REPO = Path(__file__).resolve().parents[1]
+SHARED = Path(os.environ.get("WPLUS_SHARED", REPO.parent / "shared"))
+FIXTURES = SHARED / "fixtures"
+
+
+def pytest_collection_modifyitems(config, items):
+    run_slow = os.environ.get("WPLUS_SLOW") == "1" or "slow" in (config.getoption("-m") or "")
+    skip_slow = pytest.mark.skip(reason="slow (full-size) test: set WPLUS_SLOW=1 or pass -m slow")
+    for item in items:
+        if "slow" in item.keywords and not run_slow:
+            item.add_marker(skip_slow)
+
+
+@pytest.fixture(autouse=True)
+def _no_network(monkeypatch, request):
+    """The app must never reach the network; only loopback is allowed (local test servers)."""
+    real_connect = socket.socket.connect
+
+    def guarded(sock, address):
+        host = address[0] if isinstance(address, tuple) else address
+        if isinstance(host, str) and (host.startswith("127.") or host in ("localhost", "::1")) or sock.family == socket.AF_UNIX:
+            return real_connect(sock, address)
+        raise RuntimeError(f"network access attempted in a test: {address!r}")
+
+    monkeypatch.setattr(socket.socket, "connect", guarded)
+
+
+@pytest.fixture(scope="session")
+def fixtures_dir() -> Path:
+    if not FIXTURES.is_dir():
+        pytest.skip(f"shared fixtures not found at {FIXTURES}")
+    return FIXTURES
+
+
+@pytest.fixture(scope="session")
+def shared_dir() -> Path:
+    return SHARED
