@@ -1,0 +1,1 @@
+"""Torch nn.Modules of the engine (imported lazily: they pull in torch)."""
