@@ -22,7 +22,7 @@ DEFAULT_PROMPT = "a woman wearing a spacesuit"
 MAX_START_STEP = 30  # the official generate_idnoise caps the delayed-conditioning step at 30
 
 
-class Scheduler(str, enum.Enum):
+class Scheduler(enum.StrEnum):
     """Denoising schedulers; the value is the serialized name."""
 
     EULER = "euler"  # the official default (EulerDiscreteScheduler)
@@ -182,7 +182,7 @@ class Result:
     model_hashes: Mapping[str, str] = field(default_factory=dict)
 
 
-class EditKind(str, enum.Enum):
+class EditKind(enum.StrEnum):
     """How a slider moves W+ (REFERENCE.md §5)."""
 
     INTERFACEGAN = "interfacegan"  # W+ += α·d on all 18 layers
@@ -236,7 +236,7 @@ class BurstResult:
     dropped: tuple[tuple[int, str], ...]  # (frame index, reason)
 
 
-class ModelStatus(str, enum.Enum):
+class ModelStatus(enum.StrEnum):
     OK = "ok"
     UNVERIFIED = "unverified"  # present, no known checksum yet
     MISSING = "missing"

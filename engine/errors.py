@@ -63,5 +63,5 @@ class StorageError(EngineError):
     """A file could not be written (disk full, permissions)."""
 
 
-class Cancelled(Exception):  # noqa: N818 - a control-flow signal, not an error
+class Cancelled(Exception):
     """Raised at a step boundary when the caller's CancelToken was set."""
