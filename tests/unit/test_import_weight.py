@@ -1,0 +1,15 @@
+"""Light modules stay light: the GUI and `wplus --help` must not pay for torch at import time."""
+
+from __future__ import annotations
+
+import subprocess
+import sys
+
+import pytest
+
+
+@pytest.mark.parametrize("module", ["engine.api", "engine.errors", "engine.config", "engine.session", "engine.cli"])
+def test_module_imports_without_torch(module):
+    code = f"import sys, {module}; heavy = [m for m in ('torch', 'diffusers', 'cv2', 'dlib', 'PySide6') if m in sys.modules]; print(heavy)"
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True).stdout.strip()
+    assert out == "[]"
