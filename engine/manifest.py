@@ -26,7 +26,7 @@ import sys
 import tomllib
 import zipfile
 from collections.abc import Callable, Iterable, Mapping
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -130,10 +130,9 @@ class Manifest:
 
 def resources_dir() -> Path:
     """The app's read-only resources folder (inside the PyInstaller bundle when frozen)."""
-    frozen_root = getattr(sys, "_MEIPASS", None)
-    if getattr(sys, "frozen", False) and frozen_root:
-        return Path(frozen_root) / "resources"
-    return Path(__file__).resolve().parents[1] / "resources"
+    from engine.resources import resources_root
+
+    return resources_root()
 
 
 def default_manifest_path() -> Path:
@@ -499,8 +498,9 @@ def pickle_problem(path: Path) -> str:
     return ""
 
 
-def structure_problem(path: Path) -> str:
-    suffix = path.suffix.lower()
+def structure_problem(path: Path, suffix: str | None = None) -> str:
+    """Cheap integrity check chosen by `suffix` (default: the path's own): '' when nothing is wrong."""
+    suffix = (suffix if suffix is not None else path.suffix).lower()
     if suffix == ".safetensors":
         return safetensors_problem(path)
     if suffix in (".pt", ".pth", ".bin", ".ckpt"):
@@ -642,13 +642,6 @@ def _how_to_get(entry: ModelEntry) -> str:
 
 
 # -- checking ------------------------------------------------------------------------------------------
-
-
-@dataclass
-class _Verdict:
-    status: ModelStatus
-    message: str
-    details: list[str] = field(default_factory=list)
 
 
 def _human(n: int) -> str:

@@ -43,7 +43,8 @@ def test_fresh_download_verifies_and_records(tmp_path):
     assert [p.step for p in seen] == sorted(p.step for p in seen)
     assert seen[-1].eta_s == 0.0
     rec = json.loads((tmp_path / HASHES_FILE).read_text())["files"]["adapter.bin"]
-    assert rec["recorded_sha256"] == SHA and rec["recorded_by"] == "fetch"
+    assert rec["recorded_sha256"] == SHA
+    assert rec["recorded_by"] == "fetch"
 
 
 def test_interrupted_download_resumes_in_the_same_call(tmp_path):
@@ -68,7 +69,8 @@ def test_interruption_keeps_part_file_and_a_later_call_resumes(tmp_path):
     assert (tmp_path / "adapter.bin").read_bytes() == PAYLOAD
     assert not (tmp_path / "adapter.bin.part").exists()
     assert state.requests[-1] == ("/a.bin", "bytes=123456-")
-    assert seen[0].step > 123_456 and seen[-1].total == len(PAYLOAD)
+    assert seen[0].step > 123_456
+    assert seen[-1].total == len(PAYLOAD)
 
 
 def test_server_ignoring_range_restarts_from_zero(tmp_path):
@@ -95,18 +97,21 @@ def test_wrong_checksum_quarantines_the_file(tmp_path):
     with range_server(state) as base, pytest.raises(ModelCorrupt) as err:
         fetch(entry(f"{base}/a.bin"), tmp_path)
     msg = err.value.user_message
-    assert "has sha256" in msg and f"expected {SHA[:16]}" in msg and "moved to" in msg
+    assert "has sha256" in msg
+    assert f"expected {SHA[:16]}" in msg
+    assert "moved to" in msg
     assert "trusted copy" in err.value.hint
     assert not (tmp_path / "adapter.bin").exists()
     assert not (tmp_path / "adapter.bin.part").exists()
     quarantined = [p for p in (tmp_path / QUARANTINE_DIR).iterdir() if not p.name.endswith(".txt")]
-    assert len(quarantined) == 1 and quarantined[0].read_bytes() == bad
+    assert len(quarantined) == 1
+    assert quarantined[0].read_bytes() == bad
     assert str(quarantined[0]) in msg
 
 
 def test_wrong_size_quarantines_the_file(tmp_path):
     state = RangeServerState(files={"/a.bin": PAYLOAD})
-    with range_server(state) as base, pytest.raises(DownloadFailed, match="offers 300,000 bytes but adapter.bin should be 300,001"):
+    with range_server(state) as base, pytest.raises(DownloadFailed, match=r"offers 300,000 bytes but adapter\.bin should be 300,001"):
         fetch(entry(f"{base}/a.bin", size=len(PAYLOAD) + 1, sha256=""), tmp_path)
     assert not (tmp_path / "adapter.bin").exists()
 
