@@ -1,0 +1,1 @@
+"""W+ Studio desktop app (PySide6). Talks to the engine only through `desktop.engine_client`."""

@@ -1,0 +1,162 @@
+"""Composition root: QApplication, settings, logging, the bridge, the camera and the window.
+
+Singletons are built here and passed down; nothing else in `desktop/` creates them.
+"""
+
+from __future__ import annotations
+
+import importlib
+import logging
+import os
+import sys
+from collections.abc import Callable
+from dataclasses import dataclass, replace
+from pathlib import Path
+from typing import Any
+
+from PySide6.QtCore import QSettings
+from PySide6.QtGui import QIcon
+from PySide6.QtWidgets import QApplication
+
+from desktop.camera.controller import AnalyzerFactory, CameraController
+from desktop.engine_client import EngineClient, SessionFactory
+from desktop.logs import APP_NAME, default_log_dir, setup_logging
+from desktop.viewmodel.edits import EditHistory
+from desktop.viewmodel.generation import GenerationSettings, GenerationState
+from desktop.viewmodel.identities import IdentityLibrary
+from desktop.viewmodel.studio import StudioState
+from desktop.views.main_window import AppPaths, MainWindow
+from engine.config import EngineConfig
+
+log = logging.getLogger(__name__)
+
+RESOURCES = Path(__file__).resolve().parents[1] / "resources"
+
+
+@dataclass(frozen=True)
+class AppOptions:
+    """Everything the composition root may be told (command line, tests, the bench).
+
+    `settings_path` set: an INI file there (tests); None: the platform's native settings.
+    """
+
+    models_dir: Path | None = None
+    debug: bool = False
+    settings_path: Path | None = None
+    log_dir: Path | None = None
+    data_dir: Path | None = None
+    session_factory: SessionFactory | None = None
+    metadata: Any = None
+    analyzer_factory: AnalyzerFactory | None = None
+    source_opener: Callable[[str], Any] | None = None
+    start_engine: bool = True
+
+
+def open_settings(path: Path | None) -> QSettings:
+    if path is not None:
+        return QSettings(str(path), QSettings.Format.IniFormat)
+    return QSettings(QSettings.Format.NativeFormat, QSettings.Scope.UserScope, APP_NAME, APP_NAME)
+
+
+def resolve_models_dir(cli: Path | None, settings: QSettings) -> tuple[Path, str]:
+    """First match wins: --models-dir, WPLUS_MODELS_DIR, settings, then the engine's own rule."""
+    if cli is not None:
+        return Path(cli), "from --models-dir"
+    env = os.environ.get("WPLUS_MODELS_DIR")
+    if env:
+        return Path(env), "from WPLUS_MODELS_DIR"
+    saved = settings.value("models/dir")
+    if saved:
+        return Path(str(saved)), "from the settings (Models dialog)"
+    try:
+        manifest = importlib.import_module("engine.manifest")
+        path, why = manifest.resolve_models_dir(None)
+        return Path(path), str(why)
+    except (ImportError, AttributeError):
+        pass
+    if getattr(sys, "frozen", False):
+        beside = Path(sys.executable).resolve().parent / "models"
+        if beside.is_dir():
+            return beside, "the models folder beside the application"
+    import platformdirs
+
+    return Path(platformdirs.user_data_dir(APP_NAME, appauthor=False)) / "models", "the user data folder (default)"
+
+
+def load_stylesheet() -> str:
+    qss = RESOURCES / "style.qss"
+    return qss.read_text("utf-8") if qss.is_file() else ""
+
+
+class StudioApp:
+    """Builds and owns the app's objects; `shutdown()` stops threads in order."""
+
+    def __init__(self, options: AppOptions, qapp: QApplication | None = None) -> None:
+        self.options = options
+        self.qapp = qapp or QApplication.instance() or QApplication(sys.argv[:1])
+        self.qapp.setApplicationName(APP_NAME)
+        self.qapp.setOrganizationName(APP_NAME)
+        self.qapp.setStyle("Fusion")
+        self.qapp.setStyleSheet(load_stylesheet())
+        icon = RESOURCES / "icons" / "app.svg"
+        if icon.is_file():
+            self.qapp.setWindowIcon(QIcon(str(icon)))
+        self.settings = open_settings(options.settings_path)
+        self.log_dir = options.log_dir or default_log_dir()
+        self.log_path = setup_logging(self.log_dir, debug=options.debug)
+        models_dir, reason = resolve_models_dir(options.models_dir, self.settings)
+        log.info("W+ Studio starting; models folder %s (%s)", models_dir, reason)
+        import platformdirs
+
+        data_dir = options.data_dir or Path(platformdirs.user_data_dir(APP_NAME, appauthor=False))
+        config = EngineConfig(models_dir=models_dir, device=str(self.settings.value("engine/device", "auto")),
+                              backend=str(self.settings.value("engine/backend", "auto")))
+        self.client = EngineClient(config, options.session_factory, options.metadata)
+        self.camera = CameraController(options.analyzer_factory, **(
+            {"source_opener": options.source_opener} if options.source_opener else {}))
+        self.library = IdentityLibrary(data_dir / "identities")
+        problems = self.library.load()
+        self.edits = EditHistory()
+        self.generation = GenerationState(GenerationSettings.load(self.settings))
+        self.studio = StudioState(self.client, self.library, self.edits, self.generation)
+        self.paths = AppPaths(models_dir, reason, self.log_dir, data_dir / "identities")
+        self.window = MainWindow(self.studio, self.camera, self.settings, self.paths)
+        self.window.models_apply_requested.connect(self.apply_models)
+        for p in problems:
+            self.window.banner.show_error(f"An identity could not be read: {p}", "It was skipped.")
+        self.qapp.aboutToQuit.connect(self.shutdown)
+        self._shut = False
+        if options.start_engine:
+            self.client.start()
+
+    def apply_models(self, folder: str, backend: str, device: str) -> None:
+        """Reopen the session with another models folder, backend or device (Models dialog)."""
+        self.settings.setValue("models/dir", folder)
+        self.settings.setValue("engine/backend", backend)
+        self.settings.setValue("engine/device", device)
+        config = replace(self.client.config, models_dir=Path(folder), backend=backend, device=device)
+        self.window.paths = replace(self.window.paths, models_dir=Path(folder), models_reason="chosen in the Models dialog")
+        self.client.reopen(config)
+        self.window._update_device()
+
+    def shutdown(self) -> None:
+        """Stop the camera, cancel and join the worker, save settings. Safe to call twice."""
+        if self._shut:
+            return
+        self._shut = True
+        self.window.save_state()
+        self.camera.stop()
+        self.client.close()
+        self.library.purge_trash()
+        log.info("W+ Studio stopped")
+
+
+def run(options: AppOptions) -> int:
+    """Build the app, show the window, run the event loop."""
+    qapp = QApplication.instance() or QApplication(sys.argv[:1])
+    app = StudioApp(options, qapp)
+    app.window.show()
+    try:
+        return int(qapp.exec())
+    finally:
+        app.shutdown()

@@ -1,0 +1,194 @@
+"""The camera thread, the face-analysis thread and the Qt object that reports both to the GUI.
+
+Frames go GUI-wards through a latest-wins slot: the camera thread emits `frame_ready` only when the
+slot was empty, so a busy GUI thread receives one notification and takes the newest frame, never a
+backlog. Face tracking runs on its own thread from another latest-wins slot, so a slow detector
+lowers the overlay rate, not the video rate.
+"""
+
+from __future__ import annotations
+
+import importlib
+import logging
+import threading
+import time
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from typing import Any
+
+import numpy as np
+from PySide6.QtCore import QObject, Signal
+
+from desktop.camera.sources import FrameSource, open_source
+from desktop.coalesce import CLOSED, LatestSlot
+from engine.api import FaceBox, QualityReport
+from engine.errors import CameraError, EngineError
+
+log = logging.getLogger(__name__)
+
+
+@dataclass(frozen=True)
+class FaceAnalysis:
+    """What the tracker saw in one frame: the face box (or None) and the capture gates."""
+
+    frame_index: int
+    box: FaceBox | None
+    quality: QualityReport | None
+    elapsed_s: float = 0.0
+    frame_size: tuple[int, int] = (0, 0)  # width, height
+    extra: dict[str, Any] = field(default_factory=dict, compare=False)
+
+
+class FaceAnalyzer:
+    """Face box, landmarks and quality gates from engine.faces (track + quality).
+
+    Raises:
+        ImportError: engine.faces is not available (dlib missing or not written yet).
+    """
+
+    def __init__(self) -> None:
+        track = importlib.import_module("engine.faces.track")
+        self._quality = importlib.import_module("engine.faces.quality")
+        self._tracker = track.FaceTracker()
+
+    def __call__(self, frame: np.ndarray) -> tuple[FaceBox | None, QualityReport | None]:
+        box = self._tracker.update(frame)
+        report = self._quality.assess(frame, box) if box is not None else QualityReport(
+            False, ("No face found: face the camera, with your whole face in the frame.",))
+        return box, report
+
+
+AnalyzerFactory = Callable[[], Callable[[np.ndarray], tuple[FaceBox | None, QualityReport | None]]]
+
+
+class CameraController(QObject):
+    """Runs one frame source on a camera thread and face analysis on a second thread.
+
+    Args:
+        analyzer_factory: builds the analyzer on the analysis thread (default `FaceAnalyzer`).
+        source_opener: opens a source from its spec (default `desktop.camera.sources.open_source`).
+    """
+
+    frame_ready = Signal()
+    analysis_ready = Signal(object)  # FaceAnalysis
+    analysis_unavailable = Signal(str)
+    state_changed = Signal(str)  # "running", "stopped"
+    failed = Signal(object)  # EngineError
+
+    def __init__(self, analyzer_factory: AnalyzerFactory | None = None,
+                 source_opener: Callable[[str], FrameSource] = open_source,
+                 parent: QObject | None = None) -> None:
+        super().__init__(parent)
+        self._analyzer_factory = analyzer_factory or FaceAnalyzer
+        self._opener = source_opener
+        self._gui_slot: LatestSlot[tuple[int, np.ndarray]] = LatestSlot()
+        self._threads: list[threading.Thread] = []
+        self._stop = threading.Event()
+        self._spec = ""
+        self._latest: tuple[int, np.ndarray] | None = None
+        self._latest_lock = threading.Lock()
+        self.frames = 0
+
+    @property
+    def spec(self) -> str:
+        return self._spec
+
+    @property
+    def running(self) -> bool:
+        return any(t.is_alive() for t in self._threads)
+
+    def start(self, spec: str) -> None:
+        """Stop the current source (if any) and start `spec` (opened on the camera thread)."""
+        self.stop()
+        self._spec = spec
+        self._stop = threading.Event()
+        self._gui_slot = LatestSlot()
+        analysis_slot: LatestSlot[tuple[int, np.ndarray]] = LatestSlot()
+        stop = self._stop
+        cam = threading.Thread(target=self._run_camera, args=(spec, stop, analysis_slot), name="wplus-camera",
+                               daemon=True)
+        ana = threading.Thread(target=self._run_analysis, args=(analysis_slot,), name="wplus-faces", daemon=True)
+        self._threads = [cam, ana]
+        cam.start()
+        ana.start()
+
+    def stop(self, timeout: float = 3.0) -> None:
+        """Stop both threads and join them."""
+        self._stop.set()
+        for t in self._threads:
+            t.join(timeout)
+        self._threads = []
+
+    def take_frame(self) -> tuple[int, np.ndarray] | None:
+        """The newest frame for display (None if none arrived since the last call)."""
+        return self._gui_slot.take_nowait()
+
+    def latest_frame(self) -> np.ndarray | None:
+        """The newest frame seen, for Capture (not consumed by display)."""
+        with self._latest_lock:
+            return None if self._latest is None else self._latest[1]
+
+    def _run_camera(self, spec: str, stop: threading.Event, analysis_slot: LatestSlot) -> None:
+        source: FrameSource | None = None
+        try:
+            source = self._opener(spec)
+            self.state_changed.emit("running")
+            index = 0
+            misses = 0
+            while not stop.is_set():
+                frame = source.read(timeout=1.0)
+                if frame is None:
+                    misses += 1
+                    if misses >= 5:
+                        raise CameraError("The camera stopped delivering frames.",
+                                          "Check the cable or choose another camera.")
+                    continue
+                misses = 0
+                index += 1
+                self.frames = index
+                with self._latest_lock:
+                    self._latest = (index, frame)
+                analysis_slot.put((index, frame))
+                if self._gui_slot.put((index, frame)) is None:
+                    self.frame_ready.emit()
+        except EngineError as exc:
+            self.failed.emit(exc)
+        except Exception as exc:  # thread top
+            log.exception("camera thread failed")
+            self.failed.emit(CameraError(f"The camera failed: {exc}", "Choose another camera."))
+        finally:
+            analysis_slot.close()
+            if source is not None:
+                try:
+                    source.close()
+                except Exception:
+                    log.exception("closing the camera failed")
+            self.state_changed.emit("stopped")
+
+    def _run_analysis(self, slot: LatestSlot) -> None:
+        try:
+            analyze = self._analyzer_factory()
+        except ImportError as exc:
+            log.warning("face tracking unavailable: %s", exc)
+            self.analysis_unavailable.emit(
+                f"Face tracking is not available ({exc}). The live view works; capture still encodes the frame.")
+            analyze = None
+        except Exception as exc:
+            log.exception("face tracker failed to start")
+            self.analysis_unavailable.emit(f"Face tracking failed to start: {exc}")
+            analyze = None
+        while True:
+            item = slot.take(timeout=0.5)
+            if item is CLOSED:
+                return
+            if item is None or analyze is None:
+                continue
+            index, frame = item
+            t0 = time.perf_counter()
+            try:
+                box, report = analyze(frame)
+            except Exception as exc:
+                log.warning("face analysis failed: %s", exc)
+                box, report = None, QualityReport(False, (f"Face analysis failed: {exc}",))
+            self.analysis_ready.emit(FaceAnalysis(index, box, report, time.perf_counter() - t0,
+                                                  (frame.shape[1], frame.shape[0])))

@@ -1,0 +1,182 @@
+"""Frame sources: webcams through `engine.capture`, plus still-image and synthetic sources.
+
+Every source is pull-based: `read(timeout)` returns the next RGB uint8 frame (H×W×3) or None, and
+`close()` releases it. The camera thread of `desktop.camera.controller` is the only caller.
+"""
+
+from __future__ import annotations
+
+import importlib
+import logging
+import math
+import time
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Protocol
+
+import numpy as np
+
+from engine.errors import CameraError, ImageUnreadable
+
+log = logging.getLogger(__name__)
+
+
+class FrameSource(Protocol):
+    """A source of RGB frames."""
+
+    def read(self, timeout: float = 1.0) -> np.ndarray | None: ...
+
+    def close(self) -> None: ...
+
+
+@dataclass(frozen=True)
+class SourceChoice:
+    """One entry of the camera picker: `spec` is "camera:0", "synthetic" or "file:/path"."""
+
+    spec: str
+    label: str
+
+
+class _Paced:
+    """Sleeps so that frames come at most `fps` per second (as a real camera does)."""
+
+    def __init__(self, fps: float) -> None:
+        self._period = 1.0 / fps if fps > 0 else 0.0
+        self._next = time.perf_counter()
+
+    def wait(self) -> None:
+        now = time.perf_counter()
+        if self._next > now:
+            time.sleep(self._next - now)
+        self._next = max(self._next + self._period, time.perf_counter() - self._period)
+
+
+class SyntheticSource:
+    """A moving test pattern with a face-like oval: demos, tests and the GUI stall benchmark."""
+
+    def __init__(self, width: int = 640, height: int = 480, fps: float = 30.0) -> None:
+        self.width, self.height = width, height
+        self._pace = _Paced(fps)
+        self._t = 0
+        yy, xx = np.mgrid[0:height, 0:width].astype(np.float32)
+        self._xx, self._yy = xx, yy
+        base = np.empty((height, width, 3), np.float32)
+        base[..., 0] = 40 + 30 * yy / height
+        base[..., 1] = 44 + 20 * xx / width
+        base[..., 2] = 60
+        self._base = base
+
+    def read(self, timeout: float = 1.0) -> np.ndarray | None:
+        self._pace.wait()
+        self._t += 1
+        cx = self.width / 2 + math.sin(self._t / 20) * self.width / 10
+        cy = self.height / 2
+        r = ((self._xx - cx) / (self.width * 0.16)) ** 2 + ((self._yy - cy) / (self.height * 0.3)) ** 2
+        img = self._base.copy()
+        img[r < 1] = (224, 172, 140)
+        return img.astype(np.uint8)
+
+    def close(self) -> None:
+        pass
+
+
+class StillSource:
+    """Repeats one image (or cycles through a folder of images) at `fps`."""
+
+    def __init__(self, path: str | Path, fps: float = 15.0) -> None:
+        p = Path(path)
+        files = sorted(f for f in p.iterdir() if f.suffix.lower() in (".png", ".jpg", ".jpeg")) if p.is_dir() else [p]
+        if not files:
+            raise CameraError(f"No images found in {p}.", "Choose a folder with PNG or JPEG photos.")
+        self._frames = [read_image_rgb(f) for f in files]
+        self._pace = _Paced(fps)
+        self._i = 0
+
+    def read(self, timeout: float = 1.0) -> np.ndarray | None:
+        self._pace.wait()
+        frame = self._frames[self._i % len(self._frames)]
+        self._i += 1
+        return frame
+
+    def close(self) -> None:
+        self._frames = []
+
+
+class EngineCaptureSource:
+    """Adapts a webcam source of `engine.capture` (a Python thread delivering RGB frames)."""
+
+    def __init__(self, inner: Any) -> None:
+        self._inner = inner
+
+    def read(self, timeout: float = 1.0) -> np.ndarray | None:
+        return self._inner.read(timeout=timeout)
+
+    def close(self) -> None:
+        self._inner.close()
+
+
+def list_sources() -> list[SourceChoice]:
+    """Cameras that `engine.capture` can see, then the synthetic pattern."""
+    choices: list[SourceChoice] = []
+    try:
+        capture = importlib.import_module("engine.capture")
+        for cam in capture.list_cameras():
+            index = getattr(cam, "index", cam)
+            label = getattr(cam, "name", "") or f"Camera {index}"
+            choices.append(SourceChoice(f"camera:{index}", str(label)))
+    except (ImportError, AttributeError):
+        choices.append(SourceChoice("camera:0", "Camera 0"))
+    except Exception as exc:  # listing cameras must never keep the app from opening
+        log.warning("listing cameras failed: %s", exc)
+    choices.append(SourceChoice("synthetic", "Test pattern"))
+    return choices
+
+
+def open_source(spec: str) -> FrameSource:
+    """Open the source named by `spec` ("camera:N", "synthetic", "file:PATH").
+
+    Raises:
+        CameraError: the camera cannot be opened (with a hint saying what to try).
+    """
+    if spec == "synthetic":
+        return SyntheticSource()
+    if spec.startswith("file:"):
+        return StillSource(spec[5:])
+    if spec.startswith("camera:"):
+        index = int(spec.split(":", 1)[1] or 0)
+        try:
+            capture = importlib.import_module("engine.capture")
+            open_camera = capture.open_camera
+        except (ImportError, AttributeError) as exc:
+            raise CameraError(
+                "Webcam support (engine.capture) is not available in this build.",
+                "Use File ▸ Open photo, or drop a photo on the window.",
+            ) from exc
+        return EngineCaptureSource(open_camera(index))
+    raise CameraError(f"Unknown camera source {spec!r}.")
+
+
+def read_image_rgb(path: str | Path) -> np.ndarray:
+    """Decode an image file to RGB uint8 with Qt (EXIF orientation applied; no heavy imports).
+
+    Raises:
+        ImageUnreadable: the file is missing, not an image, or too large.
+    """
+    from PySide6.QtGui import QImage, QImageReader
+
+    reader = QImageReader(str(path))
+    reader.setAutoTransform(True)
+    size = reader.size()
+    if size.isValid() and size.width() * size.height() > 80_000_000:
+        raise ImageUnreadable(f"{path} is too large ({size.width()}×{size.height()}).", "Use a smaller photo.")
+    img = reader.read()
+    if img.isNull():
+        raise ImageUnreadable(f"Cannot read {path}: {reader.errorString()}.", "Use a PNG or JPEG photo.")
+    return qimage_to_rgb(img.convertToFormat(QImage.Format.Format_RGB888))
+
+
+def qimage_to_rgb(img: Any) -> np.ndarray:
+    """Copy an RGB888 QImage into an H×W×3 uint8 array (handles the row padding)."""
+    w, h, bpl = img.width(), img.height(), img.bytesPerLine()
+    buf = np.frombuffer(img.constBits(), np.uint8, count=bpl * h).reshape(h, bpl)
+    return buf[:, : w * 3].reshape(h, w, 3).copy()

@@ -1,0 +1,499 @@
+"""The one bridge between the GUI and the engine.
+
+Owns the inference worker thread (all engine calls happen there, so GPU contexts stay on one thread),
+the latest-wins mailbox that feeds it, a small I/O thread for saving and reading PNGs, and the Qt
+signals that carry results back. Results are emitted from worker threads and therefore reach widgets
+through queued connections only; the GUI thread never waits on inference.
+
+This is the only desktop module that may import `engine.session` (lazily, on the worker thread), and
+the only place where a fake session may be injected (`session_factory`).
+"""
+
+from __future__ import annotations
+
+import importlib
+import importlib.util
+import itertools
+import logging
+import queue
+import threading
+import time
+import traceback
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+from PySide6.QtCore import QObject, Signal
+
+from desktop.coalesce import CLOSED, Mailbox
+from engine.api import EditState, EngineSession, GenerateRequest, Identity, ModelState, Progress
+from engine.cancel import CancelToken
+from engine.config import EngineConfig
+from engine.errors import Cancelled, EngineError
+
+log = logging.getLogger(__name__)
+
+SessionFactory = Callable[[EngineConfig], EngineSession]
+
+# A live job that has done this much of its steps is allowed to finish when a newer one arrives, so
+# continuous dragging still shows frames instead of cancelling everything forever.
+FINISH_FRACTION = 0.7
+
+
+def real_session_factory(config: EngineConfig) -> EngineSession:
+    """Open the real engine session (imports torch; call on the worker thread only)."""
+    from engine.session import Session
+
+    return Session(config)
+
+
+@dataclass(frozen=True)
+class RenderJob:
+    gen: int
+    request: GenerateRequest
+    live: bool = False
+    identity_face: np.ndarray | None = field(default=None, compare=False)
+    token: CancelToken = field(default_factory=CancelToken, compare=False)
+
+
+@dataclass(frozen=True)
+class PreviewJob:
+    gen: int
+    wplus: np.ndarray
+    edits: EditState
+    size: int = 256
+
+
+@dataclass(frozen=True)
+class _Open:
+    config: EngineConfig
+
+
+@dataclass(frozen=True)
+class _Encode:
+    gen: int
+    images: tuple[np.ndarray, ...]
+    name: str
+    aligned: bool
+    burst: bool
+
+
+@dataclass(frozen=True)
+class _Call:
+    """Run `fn(session)` on the worker and emit `call_done(tag, value)` (small one-off queries)."""
+
+    tag: str
+    fn: Callable[[EngineSession], Any]
+
+
+@dataclass(frozen=True)
+class BackendOption:
+    """One backend/device choice and why it cannot be used (empty `reason` when it can)."""
+
+    kind: str  # "backend" or "device"
+    name: str
+    available: bool
+    reason: str = ""
+
+
+@dataclass(frozen=True)
+class FailureInfo:
+    """An error as the GUI shows it: a message, a hint, and the technical details."""
+
+    where: str
+    message: str
+    hint: str
+    details: str
+    exception_type: str
+
+    @classmethod
+    def from_exception(cls, where: str, exc: BaseException) -> FailureInfo:
+        if isinstance(exc, EngineError):
+            message, hint = exc.user_message, exc.hint
+        else:
+            message, hint = f"{type(exc).__name__}: {exc}", "See the log file for details (Help ▸ Open log folder)."
+        details = "".join(traceback.format_exception(type(exc), exc, exc.__traceback__))
+        return cls(where, message, hint, details, type(exc).__name__)
+
+
+class EngineClient(QObject):
+    """Feeds one inference worker through latest-wins slots and reports back through signals.
+
+    Args:
+        config: the engine configuration of the first session.
+        session_factory: builds the session on the worker thread (tests inject a fake here).
+        metadata: module-like object with `save_png(path, image, result, index)` and
+            `read_request(path)`; default `engine.pipeline.metadata`, imported lazily.
+    """
+
+    state_changed = Signal(str)  # "starting", "ready", "failed", "closed"
+    models_checked = Signal(object)  # tuple[ModelState, ...]
+    catalog_ready = Signal(object)  # tuple[SliderSpec, ...]
+    progress = Signal(int, object)  # gen, Progress
+    result_ready = Signal(int, object, bool)  # gen, Result, live
+    likeness_ready = Signal(int, float)
+    face_preview_ready = Signal(int, object)  # gen, uint8 RGB
+    identity_ready = Signal(int, object)  # gen, Identity
+    burst_ready = Signal(int, object)  # gen, BurstResult
+    cancelled = Signal(int)
+    failed = Signal(int, object)  # gen (0: not a job), FailureInfo
+    busy_changed = Signal(bool)
+    backends_ready = Signal(object)  # tuple[BackendOption, ...]
+    saved = Signal(str)
+    request_loaded = Signal(str, object)  # path, GenerateRequest
+    request_failed = Signal(str, object)  # path, FailureInfo (not one of our PNGs, or unreadable)
+    image_loaded = Signal(str, object)  # path, uint8 RGB
+    call_done = Signal(str, object)
+
+    def __init__(
+        self,
+        config: EngineConfig,
+        session_factory: SessionFactory | None = None,
+        metadata: Any = None,
+        parent: QObject | None = None,
+    ) -> None:
+        super().__init__(parent)
+        self._config = config
+        self._factory = session_factory or real_session_factory
+        self._metadata = metadata
+        self._gens = itertools.count(1)
+        self._box = Mailbox(["preview", "render"])
+        self._lock = threading.Lock()
+        self._inflight: RenderJob | None = None
+        self._inflight_fraction = 0.0
+        self._busy = False
+        self._session: EngineSession | None = None
+        self.render_calls = 0  # renders started on the worker (for tests and the bench)
+        self.preview_calls = 0
+        self._io: queue.Queue[Callable[[], None] | None] = queue.Queue()
+        self._worker = threading.Thread(target=self._run, name="wplus-inference", daemon=True)
+        self._io_thread = threading.Thread(target=self._run_io, name="wplus-io", daemon=True)
+        self._started = False
+        self._closed = False
+
+    # -- lifecycle ------------------------------------------------------------------------------
+    @property
+    def config(self) -> EngineConfig:
+        return self._config
+
+    def start(self) -> None:
+        """Start the threads and open the session (models are checked, the catalog is loaded)."""
+        if self._started:
+            return
+        self._started = True
+        self._worker.start()
+        self._io_thread.start()
+        self._box.send(_Open(self._config))
+
+    def reopen(self, config: EngineConfig) -> None:
+        """Close the session and open a new one with `config` (another models folder or backend)."""
+        self._config = config
+        self.cancel()
+        self._box.send(_Open(config))
+
+    def close(self, timeout: float = 10.0) -> None:
+        """Cancel what runs, send the sentinel, join the threads. Safe to call twice."""
+        if self._closed:
+            return
+        self._closed = True
+        self.cancel()
+        self._box.close()
+        self._io.put(None)
+        if self._started:
+            self._worker.join(timeout)
+            self._io_thread.join(timeout)
+            if self._worker.is_alive():
+                log.warning("the inference worker did not stop within %.1f s", timeout)
+
+    # -- requests from the GUI thread -----------------------------------------------------------
+    def next_gen(self) -> int:
+        return next(self._gens)
+
+    def submit_render(self, request: GenerateRequest, *, live: bool = False,
+                      identity_face: np.ndarray | None = None) -> int:
+        """Queue a render (latest wins) and return its generation number.
+
+        The running render is cancelled unless it is a live one past `FINISH_FRACTION` of its steps.
+        """
+        gen = self.next_gen()
+        job = RenderJob(gen, request, live, identity_face)
+        with self._lock:
+            running = self._inflight
+            if running is not None and not (running.live and self._inflight_fraction >= FINISH_FRACTION):
+                running.token.cancel()
+            self._set_busy(True)
+        old = self._box.put("render", job)
+        if old is not None:
+            self.cancelled.emit(old.gen)
+        return gen
+
+    def submit_preview(self, wplus: np.ndarray, edits: EditState, size: int = 256) -> int:
+        """Queue a StyleGAN2 face preview (latest wins); served between denoising steps too."""
+        gen = self.next_gen()
+        self._box.put("preview", PreviewJob(gen, wplus, edits, size))
+        return gen
+
+    def encode(self, image: np.ndarray, *, name: str = "", aligned: bool = False) -> int:
+        gen = self.next_gen()
+        self._box.send(_Encode(gen, (image,), name, aligned, burst=False))
+        return gen
+
+    def encode_burst(self, images: Sequence[np.ndarray], *, name: str = "") -> int:
+        gen = self.next_gen()
+        self._box.send(_Encode(gen, tuple(images), name, False, burst=True))
+        return gen
+
+    def call(self, tag: str, fn: Callable[[EngineSession], Any]) -> None:
+        """Run a small query on the worker; the answer comes back as `call_done(tag, value)`."""
+        self._box.send(_Call(tag, fn))
+
+    def check_models(self) -> None:
+        self._box.send(_Call("models", lambda s: s.model_states()))
+
+    def probe_backends(self) -> None:
+        self._io.put(self._probe_backends)
+
+    def cancel(self) -> None:
+        """Cancel the running render and drop the pending one."""
+        old = self._box.clear("render") if not self._box.closed else None
+        if old is not None:
+            self.cancelled.emit(old.gen)
+        with self._lock:
+            if self._inflight is not None:
+                self._inflight.token.cancel()
+            elif old is not None:
+                self._set_busy(False)
+
+    def save_png(self, path: str | Path, image: np.ndarray, result: Any, index: int) -> None:
+        """Write `image` with the result's metadata on the I/O thread; `saved(path)` reports it."""
+
+        def job() -> None:
+            self._meta().save_png(Path(path), image, result, index)
+            self.saved.emit(str(path))
+
+        self._io.put(self._guard("save", job))
+
+    def read_request(self, path: str | Path) -> None:
+        """Read the settings stored in one of our PNGs; `request_loaded(path, request)` reports them."""
+
+        def job() -> None:
+            try:
+                req = self._meta().read_request(Path(path))
+            except Exception as exc:
+                log.info("no settings in %s: %s", path, exc)
+                self.request_failed.emit(str(path), FailureInfo.from_exception("load", exc))
+                return
+            self.request_loaded.emit(str(path), req)
+
+        self._io.put(job)
+
+    def load_image(self, path: str | Path) -> None:
+        """Decode a photo on the I/O thread; `image_loaded(path, rgb)` reports it."""
+
+        def job() -> None:
+            from desktop.camera.sources import read_image_rgb
+
+            self.image_loaded.emit(str(path), read_image_rgb(path))
+
+        self._io.put(self._guard("open", job))
+
+    @property
+    def busy(self) -> bool:
+        return self._busy
+
+    @property
+    def dropped_renders(self) -> int:
+        return self._box.dropped["render"]
+
+    # -- worker side ----------------------------------------------------------------------------
+    def _set_busy(self, busy: bool) -> None:
+        if busy != self._busy:
+            self._busy = busy
+            self.busy_changed.emit(busy)
+
+    def _meta(self) -> Any:
+        if self._metadata is None:
+            self._metadata = importlib.import_module("engine.pipeline.metadata")
+        return self._metadata
+
+    def _guard(self, where: str, fn: Callable[[], None]) -> Callable[[], None]:
+        def run() -> None:
+            try:
+                fn()
+            except Exception as exc:  # thread top: report, never die
+                log.exception("%s failed", where)
+                self.failed.emit(0, FailureInfo.from_exception(where, exc))
+
+        return run
+
+    def _run_io(self) -> None:
+        while True:
+            job = self._io.get()
+            if job is None:
+                return
+            job()
+
+    def _run(self) -> None:
+        try:
+            while True:
+                d = self._box.take()
+                if d is CLOSED:
+                    break
+                if d is None:
+                    continue
+                try:
+                    self._dispatch(d.channel, d.item)
+                except Exception as exc:  # thread top: report and keep serving
+                    log.exception("worker job failed")
+                    gen = getattr(d.item, "gen", 0)
+                    self.failed.emit(gen, FailureInfo.from_exception(d.channel, exc))
+        finally:
+            if self._session is not None:
+                try:
+                    self._session.close()
+                except Exception:
+                    log.exception("closing the session failed")
+            self.state_changed.emit("closed")
+
+    def _dispatch(self, channel: str, item: Any) -> None:
+        if isinstance(item, _Open):
+            self._open(item.config)
+        elif isinstance(item, RenderJob):
+            self._render(item)
+        elif isinstance(item, PreviewJob):
+            self._preview(item)
+        elif isinstance(item, _Encode):
+            self._encode(item)
+        elif isinstance(item, _Call):
+            self.call_done.emit(item.tag, item.fn(self._need_session()))
+        else:  # pragma: no cover - programming error
+            raise TypeError(f"unknown job on {channel}: {item!r}")
+
+    def _need_session(self) -> EngineSession:
+        if self._session is None:
+            self._open(self._config)
+        assert self._session is not None
+        return self._session
+
+    def _open(self, config: EngineConfig) -> None:
+        self.state_changed.emit("starting")
+        if self._session is not None:
+            self._session.close()
+            self._session = None
+        t0 = time.perf_counter()
+        self._session = self._factory(config)
+        log.info("engine session opened in %.2f s (models: %s)", time.perf_counter() - t0, config.models_dir)
+        try:
+            states: tuple[ModelState, ...] | Exception = tuple(self._session.model_states())
+        except Exception as exc:  # the manifest may be absent or unreadable: the app keeps working
+            log.exception("checking the models failed")
+            states = exc
+        self.models_checked.emit(states)
+        try:
+            self.catalog_ready.emit(tuple(self._session.catalog()))
+        except Exception as exc:
+            log.exception("loading the edit catalog failed")
+            self.failed.emit(0, FailureInfo.from_exception("catalog", exc))
+            self.catalog_ready.emit(())
+        self.state_changed.emit("ready")
+
+    def _preview(self, job: PreviewJob) -> None:
+        session = self._need_session()
+        self.preview_calls += 1
+        try:
+            image = session.preview_face(job.wplus, job.edits, job.size)
+        except Exception as exc:
+            self.failed.emit(job.gen, FailureInfo.from_exception("preview", exc))
+            return
+        self.face_preview_ready.emit(job.gen, image)
+
+    def _render(self, job: RenderJob) -> None:
+        session = self._need_session()
+        with self._lock:
+            if job.token.cancelled:
+                self.cancelled.emit(job.gen)
+                self._set_busy(self._box.pending("render"))
+                return
+            self._inflight = job
+            self._inflight_fraction = 0.0
+        self.render_calls += 1
+
+        def on_progress(p: Progress) -> None:
+            with self._lock:
+                self._inflight_fraction = p.fraction
+            self.progress.emit(job.gen, p)
+            # Serve face previews between denoising steps so the StyleGAN preview stays live.
+            d = self._box.take_nowait("preview")
+            if d is not None:
+                self._preview(d.item)
+
+        try:
+            result = session.render(job.request, job.token, on_progress)
+        except Cancelled:
+            self.cancelled.emit(job.gen)
+            result = None
+        except Exception as exc:
+            log.exception("render %d failed", job.gen)
+            self.failed.emit(job.gen, FailureInfo.from_exception("render", exc))
+            result = None
+        finally:
+            with self._lock:
+                self._inflight = None
+                self._set_busy(self._box.pending("render"))
+        if result is None:
+            return
+        self.result_ready.emit(job.gen, result, job.live)
+        if job.identity_face is not None and result.images and not job.live:
+            try:
+                self.likeness_ready.emit(job.gen, float(session.likeness(job.identity_face, result.images[0])))
+            except Exception:
+                log.warning("likeness unavailable", exc_info=True)
+
+    def _encode(self, job: _Encode) -> None:
+        session = self._need_session()
+        try:
+            if job.burst:
+                self.burst_ready.emit(job.gen, session.encode_burst(list(job.images), name=job.name))
+            else:
+                ident: Identity = session.encode_identity(job.images[0], name=job.name, aligned=job.aligned)
+                self.identity_ready.emit(job.gen, ident)
+        except Exception as exc:
+            self.failed.emit(job.gen, FailureInfo.from_exception("encode", exc))
+
+    def _probe_backends(self) -> None:
+        self.backends_ready.emit(probe_backends())
+
+
+def probe_backends() -> tuple[BackendOption, ...]:
+    """What backends and devices this machine offers, with the reason when one is not usable.
+
+    Asks `engine.backends.select.probe()` when it exists (it knows about CUDA and engine files);
+    otherwise only checks which runtimes are installed, without importing them.
+    """
+    try:
+        select = importlib.import_module("engine.backends.select")
+        probe = select.probe
+    except (ImportError, AttributeError):
+        probe = None
+    if probe is not None:
+        try:
+            return tuple(_as_option(o) for o in probe())
+        except Exception as exc:
+            log.warning("backend probe failed: %s", exc)
+    options = [BackendOption("backend", "auto", True), BackendOption("device", "auto", True),
+               BackendOption("device", "cpu", True)]
+    for name, module in (("torch", "torch"), ("onnxruntime", "onnxruntime"), ("tensorrt", "tensorrt")):
+        found = importlib.util.find_spec(module) is not None
+        options.append(BackendOption("backend", name, found, "" if found else f"{module} is not installed"))
+    options.append(BackendOption("device", "cuda", False, "CUDA detection needs engine.backends.select"))
+    return tuple(options)
+
+
+def _as_option(o: Any) -> BackendOption:
+    if isinstance(o, BackendOption):
+        return o
+    get = o.get if isinstance(o, dict) else lambda k, d=None: getattr(o, k, d)
+    return BackendOption(str(get("kind", "backend")), str(get("name", "?")), bool(get("available", False)),
+                         str(get("reason", "") or ""))

@@ -1,0 +1,1 @@
+"""GUI state as QObjects (no widgets): edits with undo/redo, generation settings, identities, studio."""

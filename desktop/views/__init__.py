@@ -1,0 +1,1 @@
+"""Widgets, panels and dialogs (no inference logic)."""

@@ -1,0 +1,530 @@
+"""The main window: panels, menus and shortcuts, drag and drop, banner and status bar.
+
+It wires widgets to the view models and the camera; all inference goes through `StudioState` and the
+bridge, so nothing here waits on the engine.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from PySide6.QtCore import QSettings, Qt, QTimer, QUrl, Signal
+from PySide6.QtGui import QAction, QCloseEvent, QDesktopServices, QDragEnterEvent, QDropEvent, QKeySequence
+from PySide6.QtWidgets import (
+    QFileDialog,
+    QLabel,
+    QMainWindow,
+    QSplitter,
+    QVBoxLayout,
+    QWidget,
+)
+
+from desktop.camera.controller import CameraController
+from desktop.camera.sources import list_sources
+from desktop.engine_client import BackendOption, FailureInfo
+from desktop.viewmodel.studio import StudioState
+from desktop.views.camera_panel import CameraPanel
+from desktop.views.dialogs import LicenceDialog, ModelsDialog
+from desktop.views.edit_panel import EditPanel
+from desktop.views.generation_panel import GenerationPanel
+from desktop.views.identity_panel import IdentityPanel
+from desktop.views.result_view import ResultView
+from desktop.views.widgets import Banner
+from engine.api import ModelStatus
+
+log = logging.getLogger(__name__)
+
+IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg", ".webp", ".bmp")
+BURST_FRAMES = 8
+
+
+@dataclass(frozen=True)
+class AppPaths:
+    """Folders the window shows or opens (chosen by the composition root)."""
+
+    models_dir: Path
+    models_reason: str = ""
+    log_dir: Path | None = None
+    identities_dir: Path | None = None
+    extra: dict[str, str] = field(default_factory=dict)
+
+
+def _rss_mb() -> float | None:
+    try:
+        with open("/proc/self/statm") as fh:
+            return int(fh.read().split()[1]) * os.sysconf("SC_PAGE_SIZE") / 2**20
+    except (OSError, ValueError, AttributeError):
+        try:
+            import resource
+
+            return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
+        except Exception:
+            return None
+
+
+class MainWindow(QMainWindow):
+    """The studio window."""
+
+    models_apply_requested = Signal(str, str, str)  # folder, backend, device
+
+    def __init__(self, studio: StudioState, camera: CameraController, settings: QSettings, paths: AppPaths,
+                 parent: QWidget | None = None) -> None:
+        super().__init__(parent)
+        self.studio = studio
+        self.camera = camera
+        self.settings = settings
+        self.paths = paths
+        self.setWindowTitle("W+ Studio")
+        self.setObjectName("mainWindow")
+        self.setAcceptDrops(True)
+        self.resize(1440, 900)
+        self.setMinimumSize(1100, 700)
+        self._backends: tuple[BackendOption, ...] = ()
+        self._models_dialog: ModelsDialog | None = None
+        self._pending_drops: set[str] = set()
+        self._burst: list = []
+        self._burst_timer = QTimer(self)
+        self._burst_timer.setInterval(120)
+        self._burst_timer.timeout.connect(self._burst_tick)
+
+        self.banner = Banner()
+        self.camera_panel = CameraPanel(camera)
+        self.identity_panel = IdentityPanel(studio.library)
+        self.generation_panel = GenerationPanel(studio.generation)
+        self.edit_panel = EditPanel(studio.edits)
+        self.result_view = ResultView()
+
+        left = QSplitter(Qt.Orientation.Vertical)
+        left.addWidget(self._card(self.camera_panel))
+        left.addWidget(self._card(self.identity_panel))
+        left.setStretchFactor(0, 5)
+        left.setStretchFactor(1, 6)
+        right = QSplitter(Qt.Orientation.Vertical)
+        right.addWidget(self._card(self.generation_panel))
+        right.addWidget(self._card(self.edit_panel))
+        right.setStretchFactor(0, 0)
+        right.setStretchFactor(1, 1)
+        center = self._card(self.result_view)
+        self.splitter = QSplitter(Qt.Orientation.Horizontal)
+        self.splitter.addWidget(left)
+        self.splitter.addWidget(center)
+        self.splitter.addWidget(right)
+        self.splitter.setStretchFactor(0, 0)
+        self.splitter.setStretchFactor(1, 1)
+        self.splitter.setStretchFactor(2, 0)
+        self.splitter.setSizes([380, 680, 380])
+        self._left, self._right = left, right
+        root = QWidget()
+        root.setObjectName("root")
+        lay = QVBoxLayout(root)
+        lay.setContentsMargins(10, 8, 10, 6)
+        lay.setSpacing(8)
+        lay.addWidget(self.banner)
+        lay.addWidget(self.splitter, 1)
+        self.setCentralWidget(root)
+
+        self._build_actions()
+        self._build_status()
+        self._connect()
+        self.camera_panel.set_sources(list_sources(), str(settings.value("camera/source", "")))
+        self._restore_layout()
+
+    @staticmethod
+    def _card(w: QWidget) -> QWidget:
+        card = QWidget()
+        card.setObjectName("card")
+        card.setAttribute(Qt.WidgetAttribute.WA_StyledBackground, True)
+        lay = QVBoxLayout(card)
+        lay.setContentsMargins(12, 10, 12, 12)
+        lay.addWidget(w)
+        return card
+
+    # -- actions --------------------------------------------------------------------------------
+    def _action(self, text: str, shortcuts: tuple[str | QKeySequence.StandardKey, ...] = (), slot=None,
+                checkable: bool = False, tip: str = "") -> QAction:
+        a = QAction(text, self)
+        keys = [QKeySequence(s) for s in shortcuts]
+        if keys:
+            a.setShortcuts(keys)
+        a.setShortcutContext(Qt.ShortcutContext.WindowShortcut)
+        a.setCheckable(checkable)
+        shown = keys[0].toString(QKeySequence.SequenceFormat.NativeText) if keys else ""
+        a.setToolTip(f"{tip or text.replace('…', '').replace('&', '')}" + (f" ({shown})" if shown else ""))
+        if slot is not None:
+            a.triggered.connect(slot)
+        self.addAction(a)
+        return a
+
+    def _build_actions(self) -> None:
+        s = self.studio
+        self.act_open = self._action("&Open photo…", ("Ctrl+O",), self.open_photo_dialog)
+        self.act_save = self._action("&Save image…", ("Ctrl+S",), self.save_dialog)
+        self.act_save_all = self._action("Save &all…", ("Ctrl+Shift+S",), self.save_all_dialog)
+        self.act_quit = self._action("&Quit", ("Ctrl+Q",), self.close)
+        self.act_undo = self._action("&Undo edit", ("Ctrl+Z",), s.edits.undo)
+        self.act_redo = self._action("&Redo edit", ("Ctrl+Shift+Z", "Ctrl+Y"), s.edits.redo)
+        self.act_reset = self._action("Reset all &edits", ("Ctrl+R",), s.edits.reset_all)
+        self.act_generate = self._action("&Generate", ("Ctrl+Return", "Ctrl+Enter"), s.generate)
+        self.act_cancel = self._action("&Cancel", ("Esc",), s.cancel)
+        self.act_live = self._action("&Live mode", ("Ctrl+L",), None, checkable=True,
+                                     tip="Re-render while sliders move")
+        self.act_new_seed = self._action("&New seed", ("Ctrl+Shift+N",), s.generation.new_seed)
+        self.act_ab = self._action("Compare &A/B", ("Ctrl+B",), lambda: s.toggle_ab())
+        self.act_capture = self._action("&Capture", ("Space",), self.capture)
+        self.act_burst = self._action("&Burst capture", ("Shift+Space",), self.burst)
+        self.act_models = self._action("&Models…", (), self.show_models_dialog)
+        self.act_licence = self._action("&Licences and consent…", (), self.show_licence)
+        self.act_log = self._action("Open &log folder", (), self.open_log_folder)
+        self.act_rename = QAction("Rename identity", self.identity_panel.list)
+        self.act_rename.setShortcut(QKeySequence("F2"))
+        self.act_rename.setShortcutContext(Qt.ShortcutContext.WidgetShortcut)
+        self.act_rename.triggered.connect(self.identity_panel.rename_button.click)
+        self.act_delete = QAction("Delete identity", self.identity_panel.list)
+        self.act_delete.setShortcut(QKeySequence(QKeySequence.StandardKey.Delete))
+        self.act_delete.setShortcutContext(Qt.ShortcutContext.WidgetShortcut)
+        self.act_delete.triggered.connect(self.identity_panel.delete_button.click)
+        self.identity_panel.list.addActions([self.act_rename, self.act_delete])
+
+        mb = self.menuBar()
+        for title, acts in (
+            ("&File", [self.act_open, None, self.act_save, self.act_save_all, None, self.act_quit]),
+            ("&Edit", [self.act_undo, self.act_redo, self.act_reset]),
+            ("&Camera", [self.act_capture, self.act_burst]),
+            ("&Generate", [self.act_generate, self.act_cancel, None, self.act_live, self.act_new_seed, self.act_ab]),
+            ("&Models", [self.act_models]),
+            ("&Help", [self.act_licence, self.act_log]),
+        ):
+            menu = mb.addMenu(title)
+            for a in acts:
+                menu.addSeparator() if a is None else menu.addAction(a)
+
+        gp, cp = self.generation_panel, self.camera_panel
+        gp.generate.setToolTip(self.act_generate.toolTip())
+        gp.cancel.setToolTip(self.act_cancel.toolTip())
+        cp.capture_button.setToolTip(self.act_capture.toolTip() + " — encode the current frame into an identity")
+        cp.burst_button.setToolTip(self.act_burst.toolTip() + f" — {BURST_FRAMES} frames, best kept")
+        cp.open_button.setToolTip(self.act_open.toolTip())
+
+    def _build_status(self) -> None:
+        sb = self.statusBar()
+        self.status_device = QLabel("")
+        self.status_memory = QLabel("")
+        self.status_timing = QLabel("")
+        self.status_state = QLabel("Starting the engine…")
+        for w in (self.status_device, self.status_memory, self.status_timing):
+            w.setObjectName("statusField")
+            sb.addPermanentWidget(w)
+        sb.addWidget(self.status_state, 1)
+        self._memory_timer = QTimer(self)
+        self._memory_timer.setInterval(2000)
+        self._memory_timer.timeout.connect(self._update_memory)
+        self._memory_timer.start()
+        self._update_device()
+        self._update_memory()
+
+    def _connect(self) -> None:
+        s, gp, rv, ip = self.studio, self.generation_panel, self.result_view, self.identity_panel
+        gp.generate_clicked.connect(s.generate)
+        gp.cancel_clicked.connect(s.cancel)
+        self.act_live.toggled.connect(s.set_live)
+        self.act_live.setChecked(s.generation.settings.live)
+        s.generation.changed.connect(lambda st, _w: self.act_live.setChecked(st.live))
+        self.camera_panel.capture_button.clicked.connect(self.capture)
+        self.camera_panel.burst_button.clicked.connect(self.burst)
+        self.camera_panel.open_button.clicked.connect(self.open_photo_dialog)
+        self.camera_panel.source_chosen.connect(self._start_camera)
+        self.camera_panel.stop_requested.connect(self.camera.stop)
+        self.camera.failed.connect(lambda e: self.show_error(FailureInfo.from_exception("camera", e)))
+        ip.selected.connect(s.select_identity)
+        ip.rename_requested.connect(self._rename)
+        ip.delete_requested.connect(self._delete)
+        ip.undo_delete_requested.connect(s.library.undo_delete)
+        ip.mix_requested.connect(lambda a, b, t: s.mix(a, b, t))
+        rv.history_clicked.connect(s.show_history)
+        rv.save_clicked.connect(self.save_dialog)
+        rv.save_all_clicked.connect(self.save_all_dialog)
+        rv.ab_toggled.connect(lambda on: s.toggle_ab(on))
+        rv.guidance.open_models.connect(self.show_models_dialog)
+        s.identity_changed.connect(ip.show_identity)
+        s.face_preview_changed.connect(ip.show_preview)
+        s.result_shown.connect(self._on_result_shown)
+        s.step_preview.connect(rv.show_step)
+        s.progress_changed.connect(rv.set_progress)
+        s.likeness_changed.connect(rv.set_likeness)
+        s.history_changed.connect(lambda: rv.set_history(s.history))
+        s.busy_changed.connect(self._on_busy)
+        s.encoding_changed.connect(lambda on: self.camera_panel.capture_button.setEnabled(not on))
+        s.error.connect(self.show_error)
+        s.models_changed.connect(self._on_models)
+        s.catalog_changed.connect(self.edit_panel.set_catalog)
+        s.timings_changed.connect(self._on_timings)
+        s.status_message.connect(lambda m: self.status_state.setText(m))
+        s.ab_changed.connect(self._on_ab)
+        s.client.request_loaded.connect(self._on_request_loaded)
+        s.client.request_failed.connect(self._on_request_failed)
+        s.client.image_loaded.connect(self._on_image_loaded)
+        s.client.saved.connect(lambda p: self.status_state.setText(f"Saved {p}"))
+        s.client.backends_ready.connect(self._on_backends)
+        s.client.state_changed.connect(self._on_engine_state)
+        s.edits.history_changed.connect(self._on_edit_history)
+        self._on_edit_history()
+        if s.catalog:
+            self.edit_panel.set_catalog(s.catalog)
+        if s.model_states is not None:
+            self._on_models(s.model_states)
+
+    # -- layout persistence ---------------------------------------------------------------------
+    def _restore_layout(self) -> None:
+        geo = self.settings.value("window/geometry")
+        if geo is not None:
+            self.restoreGeometry(geo)
+        for key, sp in (("window/splitter", self.splitter), ("window/left", self._left), ("window/right", self._right)):
+            state = self.settings.value(key)
+            if state is not None:
+                sp.restoreState(state)
+
+    def save_state(self) -> None:
+        self.settings.setValue("window/geometry", self.saveGeometry())
+        self.settings.setValue("window/splitter", self.splitter.saveState())
+        self.settings.setValue("window/left", self._left.saveState())
+        self.settings.setValue("window/right", self._right.saveState())
+        self.settings.setValue("camera/source", self.camera_panel.current_spec())
+        self.studio.generation.settings.save(self.settings)
+        self.settings.sync()
+
+    def closeEvent(self, event: QCloseEvent) -> None:
+        self.save_state()
+        self._burst_timer.stop()
+        self.camera.stop()
+        super().closeEvent(event)
+
+    # -- camera and capture ---------------------------------------------------------------------
+    def _start_camera(self, spec: str) -> None:
+        self.settings.setValue("camera/source", spec)
+        self.camera.start(spec)
+
+    def _with_consent(self, then) -> None:
+        """Run `then()` once the user has agreed to the consent note (asked once, remembered)."""
+        if str(self.settings.value("consent/accepted", "false")).lower() == "true":
+            then()
+            return
+        dlg = LicenceDialog(ask_consent=True, parent=self)
+        self._consent_dialog = dlg
+
+        def done(code: int) -> None:
+            if code == LicenceDialog.DialogCode.Accepted:
+                self.settings.setValue("consent/accepted", "true")
+                then()
+
+        dlg.finished.connect(done)
+        dlg.open()
+
+    def capture(self) -> None:
+        frame = self.camera.latest_frame() if self.camera.running else None
+        if frame is None:
+            self.status_state.setText("Start the camera, or open a photo (Ctrl+O), to capture a face.")
+            return
+        self._with_consent(lambda: self.studio.capture(frame))
+
+    def burst(self) -> None:
+        if not self.camera.running:
+            self.status_state.setText("Start the camera to capture a burst.")
+            return
+
+        def begin() -> None:
+            self._burst = []
+            self.status_state.setText("Burst: hold still…")
+            self._burst_timer.start()
+
+        self._with_consent(begin)
+
+    def _burst_tick(self) -> None:
+        frame = self.camera.latest_frame()
+        if frame is not None and (not self._burst or frame is not self._burst[-1]):
+            self._burst.append(frame)
+        if len(self._burst) >= BURST_FRAMES or not self.camera.running:
+            self._burst_timer.stop()
+            if self._burst:
+                self.studio.capture_burst(self._burst)
+            self._burst = []
+
+    def open_photo_dialog(self) -> None:
+        start = str(self.settings.value("paths/open", str(Path.home())))
+        path, _ = QFileDialog.getOpenFileName(self, "Open a photo", start,
+                                              "Images (*.png *.jpg *.jpeg *.webp *.bmp)")
+        if path:
+            self.settings.setValue("paths/open", str(Path(path).parent))
+            self.open_path(path)
+
+    def open_path(self, path: str) -> None:
+        """Open a file: one of our PNGs restores its settings, any other photo becomes an identity."""
+        if path.lower().endswith(".png"):
+            self._pending_drops.add(path)
+            self.studio.client.read_request(path)
+        else:
+            self.studio.client.load_image(path)
+
+    def _on_request_loaded(self, path: str, request) -> None:
+        self._pending_drops.discard(path)
+        self.studio.restore_request(request, source=path)
+
+    def _on_request_failed(self, path: str, _info: FailureInfo) -> None:
+        if path in self._pending_drops:
+            self._pending_drops.discard(path)
+            self.studio.client.load_image(path)
+
+    def _on_image_loaded(self, path: str, image) -> None:
+        self.camera_panel.show_still(image)
+        self._with_consent(lambda: self.studio.capture(image, name=Path(path).stem))
+
+    # -- drag and drop --------------------------------------------------------------------------
+    @staticmethod
+    def _dropped_paths(event) -> list[str]:
+        md = event.mimeData()
+        if not md.hasUrls():
+            return []
+        return [u.toLocalFile() for u in md.urls() if u.isLocalFile() and u.toLocalFile().lower().endswith(IMAGE_SUFFIXES)]
+
+    def dragEnterEvent(self, event: QDragEnterEvent) -> None:
+        if self._dropped_paths(event):
+            event.acceptProposedAction()
+
+    def dropEvent(self, event: QDropEvent) -> None:
+        paths = self._dropped_paths(event)
+        if paths:
+            event.acceptProposedAction()
+            self.open_path(paths[0])
+
+    # -- identities -----------------------------------------------------------------------------
+    def _rename(self, identity_id: str, name: str) -> None:
+        try:
+            self.studio.library.rename(identity_id, name)
+        except Exception as exc:
+            self.show_error(FailureInfo.from_exception("rename", exc))
+
+    def _delete(self, identity_id: str) -> None:
+        entry = self.studio.library.get(identity_id)
+        try:
+            self.studio.library.delete(identity_id)
+        except Exception as exc:
+            self.show_error(FailureInfo.from_exception("delete", exc))
+            return
+        if entry is not None:
+            self.status_state.setText(f"Deleted {entry.identity.name} — Undo delete brings it back.")
+        if self.studio.identity is not None and self.studio.identity.identity.id == identity_id:
+            self.studio.select_identity(None)
+
+    # -- results --------------------------------------------------------------------------------
+    def _on_result_shown(self, entry) -> None:
+        self.result_view.show_entry(entry)
+        self.result_view.ab_button.setEnabled(self.studio.previous is not None)
+        self.act_save.setEnabled(entry is not None)
+
+    def _on_ab(self, showing_b: bool) -> None:
+        self.result_view.ab_button.blockSignals(True)
+        self.result_view.ab_button.setChecked(showing_b)
+        self.result_view.ab_button.blockSignals(False)
+        self.result_view.image.set_caption("B · previous result" if showing_b else "")
+
+    def _on_busy(self, busy: bool) -> None:
+        self.generation_panel.set_busy(busy)
+        if busy:
+            self.status_state.setText("Generating…")
+
+    def _on_edit_history(self) -> None:
+        self.act_undo.setEnabled(self.studio.edits.can_undo)
+        self.act_redo.setEnabled(self.studio.edits.can_redo)
+
+    def save_dialog(self) -> None:
+        if self.studio.shown is None:
+            return
+        start = Path(str(self.settings.value("paths/save", str(Path.home()))))
+        name = f"wplus_seed{self.studio.shown.seed}.png"
+        path, _ = QFileDialog.getSaveFileName(self, "Save image", str(start / name), "PNG image (*.png)")
+        if path:
+            if not path.lower().endswith(".png"):
+                path += ".png"
+            self.settings.setValue("paths/save", str(Path(path).parent))
+            self.studio.save_shown(path)
+
+    def save_all_dialog(self) -> None:
+        if not self.studio.history:
+            return
+        start = str(self.settings.value("paths/save", str(Path.home())))
+        folder = QFileDialog.getExistingDirectory(self, "Save all results into", start)
+        if folder:
+            self.settings.setValue("paths/save", folder)
+            n = self.studio.save_all(folder)
+            self.status_state.setText(f"Saving {n} images to {folder}…")
+
+    # -- errors, models, status -----------------------------------------------------------------
+    def show_error(self, info: FailureInfo) -> None:
+        log.error("%s: %s", info.where, info.message)
+        self.banner.show_error(info.message, info.hint, info.details)
+
+    def _on_models(self, states) -> None:
+        ok = self.studio.models_ok
+        if isinstance(states, tuple):
+            missing = [f"{s.id} — {s.path} ({s.status.value})" for s in states
+                       if s.required and s.status in (ModelStatus.MISSING, ModelStatus.CORRUPT)]
+            problem = ""
+        else:
+            missing, problem = [], f"The models could not be checked: {states}"
+        self.result_view.guidance.set_missing(str(self.paths.models_dir), missing, problem)
+        self.result_view.show_guidance(not ok)
+        if not ok:
+            self.status_state.setText("Models missing — see Models ▸ Models…")
+        if self._models_dialog is not None:
+            self._models_dialog.set_states(states)
+
+    def _on_engine_state(self, state: str) -> None:
+        if state == "ready" and self.studio.models_ok:
+            self.status_state.setText("Ready.")
+        elif state == "starting":
+            self.status_state.setText("Starting the engine…")
+
+    def show_models_dialog(self) -> None:
+        if self._models_dialog is None:
+            self._models_dialog = ModelsDialog(self)
+            self._models_dialog.apply_requested.connect(self.models_apply_requested)
+            self._models_dialog.verify_requested.connect(self.studio.client.check_models)
+        cfg = self.studio.client.config
+        self._models_dialog.set_folder(str(cfg.models_dir), self.paths.models_reason)
+        if self.studio.model_states is not None:
+            self._models_dialog.set_states(self.studio.model_states)
+        self._models_dialog.set_backends(self._backends, cfg.backend, cfg.device)
+        self.studio.client.probe_backends()
+        self._models_dialog.show()
+        self._models_dialog.raise_()
+
+    def _on_backends(self, options: tuple[BackendOption, ...]) -> None:
+        self._backends = options
+        if self._models_dialog is not None:
+            cfg = self.studio.client.config
+            self._models_dialog.set_backends(options, cfg.backend, cfg.device)
+        self._update_device()
+
+    def _update_device(self) -> None:
+        cfg = self.studio.client.config
+        self.status_device.setText(f"Device {cfg.device} · {cfg.backend}")
+
+    def _update_memory(self) -> None:
+        mb = _rss_mb()
+        self.status_memory.setText("" if mb is None else f"RAM {mb:,.0f} MB")
+
+    def _on_timings(self, timings) -> None:
+        if not timings:
+            return
+        total = timings.get("total", sum(timings.values()))
+        parts = " · ".join(f"{k} {v:.2f}s" for k, v in list(timings.items())[:3] if k != "total")
+        self.status_timing.setText(f"Last {total:.2f} s" + (f" ({parts})" if parts else ""))
+
+    def show_licence(self) -> None:
+        LicenceDialog(parent=self).open()
+
+    def open_log_folder(self) -> None:
+        if self.paths.log_dir is not None:
+            QDesktopServices.openUrl(QUrl.fromLocalFile(str(self.paths.log_dir)))

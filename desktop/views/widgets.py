@@ -1,0 +1,237 @@
+"""Small reusable widgets: an aspect-fitting image view, a resettable slider, a banner."""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+
+import numpy as np
+from PySide6.QtCore import QPointF, QRectF, QSize, Qt, Signal
+from PySide6.QtGui import QColor, QFont, QImage, QPainter
+from PySide6.QtWidgets import (
+    QFrame,
+    QHBoxLayout,
+    QLabel,
+    QPlainTextEdit,
+    QSizePolicy,
+    QSlider,
+    QToolButton,
+    QVBoxLayout,
+    QWidget,
+)
+
+from desktop.imaging import rgb_to_qimage
+
+
+class ImageView(QWidget):
+    """Paints one image fitted into the widget, with a placeholder text when empty."""
+
+    def __init__(self, placeholder: str = "", parent: QWidget | None = None) -> None:
+        super().__init__(parent)
+        self._image: QImage | None = None
+        self._placeholder = placeholder
+        self._caption = ""
+        self.setSizePolicy(QSizePolicy.Policy.Expanding, QSizePolicy.Policy.Expanding)
+        self.setMinimumSize(64, 64)
+        self.setAttribute(Qt.WidgetAttribute.WA_OpaquePaintEvent, False)
+
+    def set_array(self, arr: np.ndarray | None) -> None:
+        self._image = None if arr is None else rgb_to_qimage(arr)
+        self.update()
+
+    def set_qimage(self, img: QImage | None) -> None:
+        self._image = img
+        self.update()
+
+    def set_caption(self, text: str) -> None:
+        self._caption = text
+        self.update()
+
+    def set_placeholder(self, text: str) -> None:
+        self._placeholder = text
+        self.update()
+
+    @property
+    def has_image(self) -> bool:
+        return self._image is not None
+
+    def image_rect(self) -> QRectF:
+        if self._image is None:
+            return QRectF()
+        iw, ih = self._image.width(), self._image.height()
+        s = min(self.width() / iw, self.height() / ih)
+        w, h = iw * s, ih * s
+        return QRectF((self.width() - w) / 2, (self.height() - h) / 2, w, h)
+
+    def paintEvent(self, _event) -> None:
+        p = QPainter(self)
+        p.setRenderHint(QPainter.RenderHint.SmoothPixmapTransform)
+        p.fillRect(self.rect(), QColor("#111317"))
+        if self._image is None:
+            p.setPen(QColor("#6b7280"))
+            p.drawText(self.rect().adjusted(12, 12, -12, -12), Qt.AlignmentFlag.AlignCenter | Qt.TextFlag.TextWordWrap,
+                       self._placeholder)
+        else:
+            p.drawImage(self.image_rect(), self._image)
+            self.paint_overlay(p)
+        if self._caption:
+            f = QFont(self.font())
+            f.setPointSizeF(max(7.0, f.pointSizeF() - 1))
+            p.setFont(f)
+            r = p.fontMetrics().boundingRect(self._caption).adjusted(-6, -3, 6, 3)
+            r.moveTopLeft(self.rect().topLeft() + QPointF(8, 8).toPoint())
+            p.fillRect(r, QColor(0, 0, 0, 150))
+            p.setPen(QColor("#e5e7eb"))
+            p.drawText(r, Qt.AlignmentFlag.AlignCenter, self._caption)
+        p.end()
+
+    def paint_overlay(self, p: QPainter) -> None:
+        """Subclasses draw over the image here (image coordinates via `image_rect`)."""
+
+    def sizeHint(self) -> QSize:
+        return QSize(256, 256)
+
+
+class ResettableSlider(QSlider):
+    """A horizontal slider that resets to its default on double-click."""
+
+    reset_requested = Signal()
+
+    def __init__(self, parent: QWidget | None = None) -> None:
+        super().__init__(Qt.Orientation.Horizontal, parent)
+
+    def mouseDoubleClickEvent(self, event) -> None:
+        self.reset_requested.emit()
+        event.accept()
+
+
+class FloatSlider(QWidget):
+    """A labelled float slider: integer ticks mapped to [minimum, maximum] by `step`.
+
+    `value_changed(value, dragging)` while moving; `released(value)` when the drag ends.
+    """
+
+    value_changed = Signal(float, bool)
+    released = Signal(float)
+
+    def __init__(self, label: str, minimum: float, maximum: float, step: float, default: float = 0.0,
+                 fmt: Callable[[float], str] | None = None, tooltip: str = "", parent: QWidget | None = None) -> None:
+        super().__init__(parent)
+        self.minimum, self.maximum, self.step, self.default = minimum, maximum, step, default
+        self._fmt = fmt or (lambda v: f"{v:+.1f}" if minimum < 0 else f"{v:.2f}")
+        self.label = QLabel(label)
+        self.label.setObjectName("sliderLabel")
+        self.label.setMinimumWidth(96)
+        self.slider = ResettableSlider()
+        self.slider.setRange(0, round((maximum - minimum) / step))
+        self.slider.setValue(self._to_int(default))
+        self.value_label = QLabel(self._fmt(default))
+        self.value_label.setObjectName("sliderValue")
+        self.value_label.setMinimumWidth(44)
+        self.value_label.setAlignment(Qt.AlignmentFlag.AlignRight | Qt.AlignmentFlag.AlignVCenter)
+        tip = (tooltip + "\n" if tooltip else "") + "Double-click to reset."
+        self.setToolTip(tip)
+        lay = QHBoxLayout(self)
+        lay.setContentsMargins(0, 0, 0, 0)
+        lay.setSpacing(8)
+        lay.addWidget(self.label)
+        lay.addWidget(self.slider, 1)
+        lay.addWidget(self.value_label)
+        self.slider.valueChanged.connect(self._on_int)
+        self.slider.sliderReleased.connect(lambda: self.released.emit(self.value()))
+        self.slider.reset_requested.connect(self.reset)
+
+    def _to_int(self, v: float) -> int:
+        return round((min(self.maximum, max(self.minimum, v)) - self.minimum) / self.step)
+
+    def value(self) -> float:
+        return round(self.minimum + self.slider.value() * self.step, 6)
+
+    def set_value(self, v: float, *, emit: bool = False) -> None:
+        if not emit:
+            self.slider.blockSignals(True)
+        self.slider.setValue(self._to_int(v))
+        self.slider.blockSignals(False)
+        self.value_label.setText(self._fmt(self.value()))
+        self._mark()
+
+    def reset(self) -> None:
+        self.set_value(self.default)
+        self.value_changed.emit(self.value(), False)
+        self.released.emit(self.value())
+
+    def _mark(self) -> None:
+        changed = abs(self.value() - self.default) > 1e-9
+        if self.label.property("changed") != changed:
+            self.label.setProperty("changed", changed)
+            self.label.style().unpolish(self.label)
+            self.label.style().polish(self.label)
+
+    def _on_int(self, _i: int) -> None:
+        v = self.value()
+        self.value_label.setText(self._fmt(v))
+        self._mark()
+        self.value_changed.emit(v, self.slider.isSliderDown())
+
+
+class Banner(QFrame):
+    """A non-modal error banner: message, hint, expandable details, dismiss."""
+
+    dismissed = Signal()
+
+    def __init__(self, parent: QWidget | None = None) -> None:
+        super().__init__(parent)
+        self.setObjectName("banner")
+        self.message = QLabel()
+        self.message.setObjectName("bannerMessage")
+        self.message.setWordWrap(True)
+        self.message.setTextInteractionFlags(Qt.TextInteractionFlag.TextSelectableByMouse)
+        self.hint = QLabel()
+        self.hint.setObjectName("bannerHint")
+        self.hint.setWordWrap(True)
+        self.details = QPlainTextEdit()
+        self.details.setReadOnly(True)
+        self.details.setMaximumHeight(160)
+        self.details.hide()
+        self.details_button = QToolButton()
+        self.details_button.setText("Details")
+        self.details_button.setCheckable(True)
+        self.details_button.toggled.connect(self.details.setVisible)
+        close = QToolButton()
+        close.setText("✕")
+        close.setObjectName("bannerClose")
+        close.setToolTip("Dismiss")
+        close.clicked.connect(self.dismiss)
+        top = QHBoxLayout()
+        icon = QLabel("⚠")
+        icon.setObjectName("bannerIcon")
+        top.addWidget(icon, 0, Qt.AlignmentFlag.AlignTop)
+        texts = QVBoxLayout()
+        texts.setSpacing(2)
+        texts.addWidget(self.message)
+        texts.addWidget(self.hint)
+        top.addLayout(texts, 1)
+        top.addWidget(self.details_button, 0, Qt.AlignmentFlag.AlignTop)
+        top.addWidget(close, 0, Qt.AlignmentFlag.AlignTop)
+        lay = QVBoxLayout(self)
+        lay.setContentsMargins(12, 8, 8, 8)
+        lay.addLayout(top)
+        lay.addWidget(self.details)
+        self.count = 0
+        self.hide()
+
+    def show_error(self, message: str, hint: str = "", details: str = "") -> None:
+        self.count += 1
+        more = f"  ({self.count} errors)" if self.count > 1 else ""
+        self.message.setText(message + more)
+        self.hint.setText(hint)
+        self.hint.setVisible(bool(hint))
+        self.details.setPlainText(details)
+        self.details_button.setVisible(bool(details))
+        self.show()
+
+    def dismiss(self) -> None:
+        self.count = 0
+        self.details_button.setChecked(False)
+        self.hide()
+        self.dismissed.emit()
+

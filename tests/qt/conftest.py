@@ -1,0 +1,49 @@
+"""Fixtures of the Qt tests: a whole app on a fake session, with temporary settings, logs and data."""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Iterator
+from pathlib import Path
+
+import pytest
+
+from desktop.logs import remove_logging
+from tests.qt.fakes import FakeSession, metadata_module
+
+
+@pytest.fixture
+def make_app(qtbot, tmp_path: Path) -> Iterator[Callable[..., object]]:
+    """Build `desktop.app.StudioApp` on a fake session; everything is written under tmp_path."""
+    from desktop.app import AppOptions, StudioApp
+
+    apps: list = []
+
+    def build(session: FakeSession | None = None, *, consent: bool = True, show: bool = True,
+              metadata: object = None, **options) -> StudioApp:
+        session = session or FakeSession()
+        settings_path = tmp_path / "settings.ini"
+        if consent:
+            from PySide6.QtCore import QSettings
+
+            s = QSettings(str(settings_path), QSettings.Format.IniFormat)
+            s.setValue("consent/accepted", "true")
+            s.sync()
+        opts = AppOptions(models_dir=tmp_path / "models", settings_path=settings_path, log_dir=tmp_path / "logs",
+                          data_dir=tmp_path / "data", session_factory=lambda _cfg: session,
+                          metadata=metadata or metadata_module(), **options)
+        app = StudioApp(opts)
+        app.fake = session
+        apps.append(app)
+        qtbot.addWidget(app.window)
+        if show:
+            app.window.show()
+            qtbot.waitExposed(app.window)
+        if opts.start_engine:
+            qtbot.waitUntil(lambda: app.studio.model_states is not None
+                            and (bool(app.studio.catalog) or not session.catalog()), timeout=5000)
+        return app
+
+    yield build
+    for app in apps:
+        app.shutdown()
+        remove_logging(app.log_dir)
