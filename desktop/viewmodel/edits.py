@@ -39,10 +39,14 @@ class EditHistory(QObject):
 
     def set_value(self, name: str, value: float, *, transient: bool = False) -> None:
         new = self._state.with_value(name, value)
-        if new != self._state:
-            self._state = new
-            self.changed.emit(new, transient)
-        if not transient:
+        if new == self._state:
+            if not transient:
+                self.commit()
+            return
+        self._state = new
+        if transient:
+            self.changed.emit(new, True)
+        else:
             self.commit()
 
     def set_state(self, state: EditState, *, record: bool = True) -> None:
@@ -57,7 +61,6 @@ class EditHistory(QObject):
         if state == self._state and state == self._committed:
             return
         self._state = state
-        self.changed.emit(state, False)
         self.commit()
 
     def reset(self, name: str) -> None:
@@ -67,6 +70,7 @@ class EditHistory(QObject):
         self.set_state(EditState())
 
     def commit(self) -> None:
+        """Record the change since the last commit as one undo step; `changed(state, False)` follows."""
         if self._state == self._committed:
             return
         self._undo.append(self._committed)
@@ -74,6 +78,7 @@ class EditHistory(QObject):
         self._redo.clear()
         self._committed = self._state
         self.history_changed.emit()
+        self.changed.emit(self._state, False)
 
     def undo(self) -> None:
         self.commit()
