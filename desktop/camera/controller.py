@@ -74,6 +74,8 @@ class CameraController(QObject):
     analysis_unavailable = Signal(str)
     state_changed = Signal(str)  # "running", "stopped"
     failed = Signal(object)  # EngineError
+    message = Signal(str)  # camera state for the user ("camera unplugged, retrying…")
+    cameras_found = Signal(object)  # list of engine.capture.webcam.CameraInfo
 
     def __init__(self, analyzer_factory: AnalyzerFactory | None = None,
                  source_opener: Callable[[str], FrameSource] = open_source,
@@ -119,6 +121,20 @@ class CameraController(QObject):
             t.join(timeout)
         self._threads = []
 
+    def probe(self) -> None:
+        """List the working cameras on a thread (opening each takes time); `cameras_found` reports."""
+
+        def run() -> None:
+            from desktop.camera.sources import probe_cameras
+
+            try:
+                self.cameras_found.emit(probe_cameras())
+            except Exception as exc:
+                log.info("camera probe unavailable: %s", exc)
+                self.cameras_found.emit([])
+
+        threading.Thread(target=run, name="wplus-camera-probe", daemon=True).start()
+
     def take_frame(self) -> tuple[int, np.ndarray] | None:
         """The newest frame for display (None if none arrived since the last call)."""
         return self._gui_slot.take_nowait()
@@ -135,13 +151,16 @@ class CameraController(QObject):
             self.state_changed.emit("running")
             index = 0
             misses = 0
+            drain = getattr(source, "drain_messages", None)
             while not stop.is_set():
-                frame = source.read(timeout=1.0)
+                frame = source.read(timeout=0.5)
+                if drain is not None:
+                    for m in drain():
+                        self.message.emit(m)
                 if frame is None:
                     misses += 1
-                    if misses >= 5:
-                        raise CameraError("The camera stopped delivering frames.",
-                                          "Check the cable or choose another camera.")
+                    if misses == 6:  # ≈3 s: say so once, keep waiting (the source retries itself)
+                        self.message.emit("No frames from the camera yet — check that it is connected and free.")
                     continue
                 misses = 0
                 index += 1

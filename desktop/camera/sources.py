@@ -21,8 +21,11 @@ from engine.errors import CameraError, ImageUnreadable
 log = logging.getLogger(__name__)
 
 
+VIDEO_SUFFIXES = (".mp4", ".avi", ".mov", ".mkv", ".webm")
+
+
 class FrameSource(Protocol):
-    """A source of RGB frames."""
+    """A source of RGB frames (`drain_messages() -> list[str]` is optional: state changes to show)."""
 
     def read(self, timeout: float = 1.0) -> np.ndarray | None: ...
 
@@ -103,33 +106,47 @@ class StillSource:
 
 
 class EngineCaptureSource:
-    """Adapts a webcam source of `engine.capture` (a Python thread delivering RGB frames)."""
+    """Adapts an `engine.capture` FrameSource (webcam or video thread; newest-frame slot, events).
+
+    The engine source retries an absent or unplugged camera by itself; its events become messages.
+    """
 
     def __init__(self, inner: Any) -> None:
         self._inner = inner
+        self._seq = -1
+        inner.start()
 
     def read(self, timeout: float = 1.0) -> np.ndarray | None:
-        return self._inner.read(timeout=timeout)
+        frame = self._inner.latest(timeout=timeout, newer_than=self._seq)
+        if frame is None:
+            return None
+        self._seq = frame.index
+        return frame.image
+
+    def drain_messages(self) -> list[str]:
+        return [f"{ev.message}" for ev in self._inner.drain_events() if str(ev.kind) != "opened"]
 
     def close(self) -> None:
-        self._inner.close()
+        self._inner.stop()
 
 
-def list_sources() -> list[SourceChoice]:
-    """Cameras that `engine.capture` can see, then the synthetic pattern."""
-    choices: list[SourceChoice] = []
-    try:
-        capture = importlib.import_module("engine.capture")
-        for cam in capture.list_cameras():
-            index = getattr(cam, "index", cam)
-            label = getattr(cam, "name", "") or f"Camera {index}"
-            choices.append(SourceChoice(f"camera:{index}", str(label)))
-    except (ImportError, AttributeError):
+def list_sources(cameras: list[Any] | None = None) -> list[SourceChoice]:
+    """Picker entries: the probed cameras (or camera 0 until a probe ran), then the test pattern."""
+    choices = [SourceChoice(f"camera:{c.index}", f"{c.name} ({c.width}×{c.height})") for c in cameras or []]
+    if cameras is None:
         choices.append(SourceChoice("camera:0", "Camera 0"))
-    except Exception as exc:  # listing cameras must never keep the app from opening
-        log.warning("listing cameras failed: %s", exc)
     choices.append(SourceChoice("synthetic", "Test pattern"))
     return choices
+
+
+def probe_cameras() -> list[Any]:
+    """The cameras that deliver a frame (slow: opens each one; call off the GUI thread).
+
+    Raises:
+        ImportError: webcam support (engine.capture / OpenCV) is not available.
+    """
+    webcam = importlib.import_module("engine.capture.webcam")
+    return list(webcam.list_cameras())
 
 
 def open_source(spec: str) -> FrameSource:
@@ -141,19 +158,26 @@ def open_source(spec: str) -> FrameSource:
     if spec == "synthetic":
         return SyntheticSource()
     if spec.startswith("file:"):
-        return StillSource(spec[5:])
+        path = Path(spec[5:])
+        if path.suffix.lower() in VIDEO_SUFFIXES:
+            files = _capture_module("engine.capture.files")
+            return EngineCaptureSource(files.VideoFileSource(path, loop=True))
+        return StillSource(path)
     if spec.startswith("camera:"):
         index = int(spec.split(":", 1)[1] or 0)
-        try:
-            capture = importlib.import_module("engine.capture")
-            open_camera = capture.open_camera
-        except (ImportError, AttributeError) as exc:
-            raise CameraError(
-                "Webcam support (engine.capture) is not available in this build.",
-                "Use File ▸ Open photo, or drop a photo on the window.",
-            ) from exc
-        return EngineCaptureSource(open_camera(index))
+        webcam = _capture_module("engine.capture.webcam")
+        return EngineCaptureSource(webcam.WebcamSource(index))
     raise CameraError(f"Unknown camera source {spec!r}.")
+
+
+def _capture_module(name: str) -> Any:
+    try:
+        return importlib.import_module(name)
+    except ImportError as exc:
+        raise CameraError(
+            f"Webcam and video support is not available in this build ({exc}).",
+            "Use File ▸ Open photo, or drop a photo on the window.",
+        ) from exc
 
 
 def read_image_rgb(path: str | Path) -> np.ndarray:

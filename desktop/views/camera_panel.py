@@ -47,6 +47,16 @@ class CameraView(ImageView):
                 p.drawPoint(QPointF(r.x() + x * sx, r.y() + y * sy))
 
 
+class SourcePicker(QComboBox):
+    """A combo box that asks for a camera probe the first time it opens (probing wakes cameras)."""
+
+    about_to_show = Signal()
+
+    def showPopup(self) -> None:
+        self.about_to_show.emit()
+        super().showPopup()
+
+
 class CameraPanel(QWidget):
     """Picker, live view, gate hints and the capture actions (wired by the main window)."""
 
@@ -59,7 +69,7 @@ class CameraPanel(QWidget):
         self.setObjectName("cameraPanel")
         title = QLabel("CAMERA")
         title.setObjectName("panelTitle")
-        self.picker = QComboBox()
+        self.picker = SourcePicker()
         self.picker.setToolTip("Camera source")
         self.toggle = QToolButton()
         self.toggle.setText("Start")
@@ -95,6 +105,10 @@ class CameraPanel(QWidget):
         camera.analysis_ready.connect(self._on_analysis)
         camera.analysis_unavailable.connect(self._set_hint_unavailable)
         camera.state_changed.connect(self._on_state)
+        camera.message.connect(self._set_hint_unavailable)
+        camera.cameras_found.connect(self._on_cameras)
+        self._probed = False
+        self.picker.about_to_show.connect(self._probe_once)
 
     def set_sources(self, sources: list[SourceChoice], current: str = "") -> None:
         self.picker.blockSignals(True)
@@ -106,6 +120,18 @@ class CameraPanel(QWidget):
             self.picker.setCurrentIndex(i)
         self.picker.blockSignals(False)
         self.picker.currentIndexChanged.connect(self._on_pick)
+
+    def _probe_once(self) -> None:
+        if not self._probed:
+            self._probed = True
+            self.camera.probe()
+
+    def _on_cameras(self, cameras: list) -> None:
+        from desktop.camera.sources import list_sources
+
+        current = self.current_spec()
+        self.picker.currentIndexChanged.disconnect(self._on_pick)
+        self.set_sources(list_sources(cameras if cameras else None), current)
 
     def current_spec(self) -> str:
         return str(self.picker.currentData() or "")

@@ -50,7 +50,7 @@ REQUIRED = (("sd15", "stable diffusion 1.5"), ("wplus_adapter", "identity adapte
 def request_marker(req: GenerateRequest) -> tuple[int, int]:
     """The (red, green) values the fake paints for `req`."""
     edits = req.edits.as_dict()
-    red = int(round(10 * len(edits) + 100 * sum(edits.values()))) % 256
+    red = round(10 * len(edits) + 100 * sum(edits.values())) % 256
     return red, req.seed % 256
 
 

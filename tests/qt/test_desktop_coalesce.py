@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import sys
 import threading
 
 import pytest
@@ -95,11 +94,3 @@ def test_mailbox_take_nowait_filters_channels_and_close_is_a_sentinel():
     assert box.take() is CLOSED
     with pytest.raises(RuntimeError):
         box.send("late")
-
-
-def test_coalesce_does_not_import_qt():
-    assert "desktop.coalesce" in sys.modules
-    import desktop.coalesce as c
-
-    source = open(c.__file__, encoding="utf-8").read()
-    assert "PySide6" not in source

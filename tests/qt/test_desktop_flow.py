@@ -41,9 +41,11 @@ def test_generate_shows_the_image_with_progress_and_history(qtbot, make_app):
     req = app.studio.shown.request
     assert _shown_marker(app) == request_marker(req)
     assert app.window.result_view.image.has_image
-    assert len(app.studio.history) == 1 and app.window.result_view.strip.count() == 1
+    assert len(app.studio.history) == 1
+    assert app.window.result_view.strip.count() == 1
     steps = [p.step for p in progress if p is not None]
-    assert steps and steps[-1] == req.steps
+    assert steps
+    assert steps[-1] == req.steps
     qtbot.waitUntil(lambda: app.window.result_view.likeness_label.text().startswith("Likeness"), timeout=3000)
     assert "Last" in app.window.status_timing.text()
     # the worker did all engine calls, never the GUI thread
@@ -62,7 +64,8 @@ def test_cancel_stops_a_running_render(qtbot, make_app):
     app.studio.cancel()
     qtbot.waitUntil(lambda: gen in cancelled, timeout=3000)
     qtbot.waitUntil(lambda: not app.client.busy, timeout=3000)
-    assert len(fake.renders_cancelled) == 1 and not fake.renders_finished
+    assert len(fake.renders_cancelled) == 1
+    assert not fake.renders_finished
     assert app.studio.shown is None
     assert app.window.result_view.progress.value() == 0
     assert not app.window.generation_panel.cancel.isEnabled()
@@ -119,7 +122,8 @@ def test_shortcuts_generate_cancel_undo_redo_and_save(qtbot, make_app, tmp_path,
                         lambda *a, **k: (str(target), "PNG image (*.png)"))
     with qtbot.waitSignal(app.client.saved, timeout=5000):
         qtbot.keyClick(w, Qt.Key.Key_S, Qt.KeyboardModifier.ControlModifier)
-    assert target.is_file() and target.stat().st_size > 0
+    assert target.is_file()
+    assert target.stat().st_size > 0
     # menus show the shortcuts
     assert "Ctrl+Return" in w.act_generate.toolTip() or "Ctrl+Enter" in w.act_generate.toolTip()
 
@@ -152,7 +156,9 @@ def test_dropping_a_saved_png_restores_its_settings(qtbot, make_app, tmp_path):
     assert app.edits.state == EditState.from_mapping({"age": 1.5, "glasses": -2.0})
     assert app.studio.identity.identity.id == ident_id  # the same W+ reselects the saved identity
     gp = app.window.generation_panel
-    assert gp.prompt.toPlainText() == "a knight in armour" and gp.seed.value() == 1234 and gp.steps.value() == 17
+    assert gp.prompt.toPlainText() == "a knight in armour"
+    assert gp.seed.value() == 1234
+    assert gp.steps.value() == 17
     assert app.window.edit_panel.sliders["glasses"].value() == -2.0
 
 
@@ -180,13 +186,15 @@ def test_missing_models_show_the_guidance_and_the_camera_still_works(qtbot, make
     rv = app.window.result_view
     assert rv.stack.currentWidget() is rv.guidance
     text = rv.guidance.body.text()
-    assert "wplus_adapter" in text and "wplus models fetch" in text
+    assert "wplus_adapter" in text
+    assert "wplus models fetch" in text
     assert "Models missing" in app.window.status_state.text()
     # the models dialog lists what is needed and what was found
     app.window.show_models_dialog()
     dlg = app.window._models_dialog
     statuses = [dlg.model.item(r, 1).text() for r in range(dlg.model.rowCount())]
-    assert sum("missing" in s for s in statuses) == 1 and len(statuses) == 3
+    assert sum("missing" in s for s in statuses) == 1
+    assert len(statuses) == 3
     assert "1 required model" in dlg.summary.text()
     dlg.close()
     # camera keeps working
@@ -225,15 +233,19 @@ def test_identities_persist_rename_delete_undo_and_mix(qtbot, make_app, tmp_path
     qtbot.waitUntil(lambda: app.studio.identity is not None and app.studio.identity.identity.name == "Bob", timeout=5000)
     b = app.studio.identity
     folder = a.folder
-    assert (folder / "wplus.npy").is_file() and (folder / "face.png").is_file() and (folder / "thumb.png").is_file()
+    assert (folder / "wplus.npy").is_file()
+    assert (folder / "face.png").is_file()
+    assert (folder / "thumb.png").is_file()
     np.testing.assert_array_equal(np.load(folder / "wplus.npy"), a.identity.wplus)
     app.library.rename(a.identity.id, "Ada Lovelace")
     assert '"Ada Lovelace"' in (folder / "meta.json").read_text("utf-8")
     app.window._delete(b.identity.id)
-    assert app.library.get(b.identity.id) is None and not b.folder.exists()
+    assert app.library.get(b.identity.id) is None
+    assert not b.folder.exists()
     assert app.window.identity_panel.undo_button.isEnabled()
     app.window.identity_panel.undo_button.click()
-    assert app.library.get(b.identity.id) is not None and b.folder.exists()
+    assert app.library.get(b.identity.id) is not None
+    assert b.folder.exists()
     mixed = app.studio.mix(a.identity.id, b.identity.id, 0.25)
     np.testing.assert_allclose(mixed.identity.wplus, 0.75 * a.identity.wplus + 0.25 * b.identity.wplus, rtol=1e-6)
     # a second library instance reads everything back
@@ -242,7 +254,9 @@ def test_identities_persist_rename_delete_undo_and_mix(qtbot, make_app, tmp_path
     again = IdentityLibrary(app.library.root)
     assert again.load() == []
     names = sorted(e.identity.name for e in again.entries())
-    assert "Ada Lovelace" in names and "Bob" in names and len(names) == 3
+    assert "Ada Lovelace" in names
+    assert "Bob" in names
+    assert len(names) == 3
 
 
 def test_capture_asks_for_consent_once(qtbot, make_app):
@@ -254,7 +268,8 @@ def test_capture_asks_for_consent_once(qtbot, make_app):
     qtbot.waitUntil(lambda: app.camera.latest_frame() is not None, timeout=5000)
     app.window.capture()
     dlg = app.window._consent_dialog
-    assert isinstance(dlg, LicenceDialog) and dlg.isVisible()
+    assert isinstance(dlg, LicenceDialog)
+    assert dlg.isVisible()
     dlg.agree.setChecked(True)
     dlg.accept()
     qtbot.waitUntil(lambda: app.studio.identity is not None, timeout=5000)
@@ -315,7 +330,8 @@ def test_history_click_restores_state_and_ab_compares(qtbot, make_app):
     qtbot.waitUntil(lambda: len(app.studio.history) == 2, timeout=5000)
     assert app.window.result_view.ab_button.isEnabled()
     app.window.act_ab.trigger()
-    assert app.studio.showing_b and app.window.result_view.ab_button.isChecked()
+    assert app.studio.showing_b
+    assert app.window.result_view.ab_button.isChecked()
     app.window.act_ab.trigger()
     assert not app.studio.showing_b
     app.window.result_view.history_clicked.emit(0)
@@ -330,8 +346,11 @@ def test_window_fits_common_screens(qtbot, make_app, size):
     app.window.resize(*size)
     qtbot.waitUntil(lambda: app.window.width() <= size[0], timeout=2000)
     for w in (app.window.camera_panel, app.window.generation_panel.generate, app.window.result_view.image):
-        assert w.isVisible() and w.width() > 0 and w.height() > 0
-    assert app.window.width() == size[0] and app.window.height() == size[1]
+        assert w.isVisible()
+        assert w.width() > 0
+        assert w.height() > 0
+    assert app.window.width() == size[0]
+    assert app.window.height() == size[1]
 
 
 def test_models_state_enum_roundtrip():

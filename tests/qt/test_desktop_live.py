@@ -50,4 +50,5 @@ def test_live_renders_are_cheap_and_the_release_renders_at_full_quality(qtbot, m
     app.edits.commit()  # release
     app.edits.set_value("smile", 1.0)  # non-transient change path: full quality
     qtbot.waitUntil(lambda: len(app.studio.history) == 3, timeout=5000)
-    assert app.studio.history[-1].request.steps == 30 and app.studio.history[-1].request.n == 3
+    assert app.studio.history[-1].request.steps == 30
+    assert app.studio.history[-1].request.n == 3
