@@ -59,28 +59,24 @@ def open_settings(path: Path | None) -> QSettings:
 
 
 def resolve_models_dir(cli: Path | None, settings: QSettings) -> tuple[Path, str]:
-    """First match wins: --models-dir, WPLUS_MODELS_DIR, settings, then the engine's own rule."""
-    if cli is not None:
-        return Path(cli), "from --models-dir"
-    env = os.environ.get("WPLUS_MODELS_DIR")
-    if env:
-        return Path(env), "from WPLUS_MODELS_DIR"
+    """First match wins: --models-dir, WPLUS_MODELS_DIR, settings, beside the app, user data dir."""
     saved = settings.value("models/dir")
-    if saved:
-        return Path(str(saved)), "from the settings (Models dialog)"
     try:
         manifest = importlib.import_module("engine.manifest")
-        path, why = manifest.resolve_models_dir(None)
+        path, why = manifest.resolve_models_dir(None if cli is None else str(cli), str(saved) if saved else None)
         return Path(path), str(why)
     except (ImportError, AttributeError):
-        pass
-    if getattr(sys, "frozen", False):
-        beside = Path(sys.executable).resolve().parent / "models"
-        if beside.is_dir():
-            return beside, "the models folder beside the application"
+        log.warning("engine.manifest unavailable; using the built-in models folder rule")
+    if cli is not None:
+        return Path(cli), "chosen by --models-dir"
+    env = os.environ.get("WPLUS_MODELS_DIR")
+    if env:
+        return Path(env), "chosen by the WPLUS_MODELS_DIR environment variable"
+    if saved:
+        return Path(str(saved)), "chosen in the app settings"
     import platformdirs
 
-    return Path(platformdirs.user_data_dir(APP_NAME, appauthor=False)) / "models", "the user data folder (default)"
+    return Path(platformdirs.user_data_dir(APP_NAME, appauthor=False)) / "models", "the default in your user data folder"
 
 
 def load_stylesheet() -> str:

@@ -469,31 +469,28 @@ class EngineClient(QObject):
 def probe_backends() -> tuple[BackendOption, ...]:
     """What backends and devices this machine offers, with the reason when one is not usable.
 
-    Asks `engine.backends.select.probe()` when it exists (it knows about CUDA and engine files);
-    otherwise only checks which runtimes are installed, without importing them.
+    Asks `engine.backends.select.probe()` (it knows about CUDA, ONNX Runtime providers and TensorRT;
+    it may import torch, so call it off the GUI thread); without it, only checks which runtimes are
+    installed, without importing them.
     """
+    options = [BackendOption("backend", "auto", True, "the fastest backend that works here"),
+               BackendOption("device", "auto", True, "CUDA when available, else CPU"),
+               BackendOption("device", "cpu", True)]
     try:
         select = importlib.import_module("engine.backends.select")
-        probe = select.probe
-    except (ImportError, AttributeError):
-        probe = None
-    if probe is not None:
-        try:
-            return tuple(_as_option(o) for o in probe())
-        except Exception as exc:
-            log.warning("backend probe failed: %s", exc)
-    options = [BackendOption("backend", "auto", True), BackendOption("device", "auto", True),
-               BackendOption("device", "cpu", True)]
+        report = select.probe()
+    except Exception as exc:
+        log.warning("backend probe unavailable: %s", exc)
+        report = None
+    if report is not None:
+        for st in report.statuses:
+            options.append(BackendOption("backend", st.name, bool(st.available), str(st.reason)))
+        gpu = report.gpu_name or "a CUDA GPU"
+        options.append(BackendOption("device", "cuda", bool(report.cuda),
+                                     f"uses {gpu}" if report.cuda else "no CUDA GPU or driver was found"))
+        return tuple(options)
     for name, module in (("torch", "torch"), ("onnxruntime", "onnxruntime"), ("tensorrt", "tensorrt")):
         found = importlib.util.find_spec(module) is not None
         options.append(BackendOption("backend", name, found, "" if found else f"{module} is not installed"))
-    options.append(BackendOption("device", "cuda", False, "CUDA detection needs engine.backends.select"))
+    options.append(BackendOption("device", "cuda", False, "CUDA detection is unavailable in this build"))
     return tuple(options)
-
-
-def _as_option(o: Any) -> BackendOption:
-    if isinstance(o, BackendOption):
-        return o
-    get = o.get if isinstance(o, dict) else lambda k, d=None: getattr(o, k, d)
-    return BackendOption(str(get("kind", "backend")), str(get("name", "?")), bool(get("available", False)),
-                         str(get("reason", "") or ""))

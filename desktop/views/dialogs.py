@@ -153,7 +153,8 @@ class ModelsDialog(QDialog):
         self._explain()
 
     def _explain(self, *_a) -> None:
-        reasons = [f"{o.name}: {o.reason}" for o in getattr(self, "_options", ()) if not o.available and o.reason]
+        reasons = [f"{o.name}: {o.reason}" for o in getattr(self, "_options", ())
+                   if not o.available and o.reason and o.name != "auto"]
         self.backend_reason.setText("Unavailable — " + "; ".join(reasons) if reasons else "")
 
     def _browse(self) -> None:
