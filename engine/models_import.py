@@ -260,6 +260,10 @@ class _Planner:
         for entry in self.manifest:
             if entry.id in planned or entry.kind == "bundled":
                 continue
+            if entry.kind == "file" and any(
+                (self.models_dir / rel).is_file() for rel in (entry.path, entry.converted) if rel
+            ):
+                continue  # already in the models folder: not worth reading large files to find it
             if entry.sha256:
                 out[entry.sha256] = (entry, entry.path)
             for d in entry.downloads:
