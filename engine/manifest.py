@@ -727,7 +727,8 @@ def _check_sd15(entry: ModelEntry, config: EngineConfig, cache: HashCache, **kw:
     if chosen.is_file():
         exp = next((d for d in entry.downloads if Path(d.rel_path).name == chosen.name), None)
         status, msg = check_file(
-            chosen, cache, size=exp.size if exp else 0, min_size=entry.min_size,
+            chosen, cache, size=exp.size if exp else 0,
+            min_size=0 if _override(config, "sd15") is not None else entry.min_size,
             sha256=exp.sha256 if exp else "", **kw,
         )
         return str(chosen), status, msg + others
@@ -808,7 +809,9 @@ def check_entry(
             overridden = _override(config, entry.role) is not None
             status, msg = check_file(
                 official, cache,
-                size=0 if overridden else entry.size, min_size=entry.min_size,
+                # A path the user configured may be any compatible file: only its structure and its
+                # recorded hash are checked, not the official size.
+                size=0 if overridden else entry.size, min_size=0 if overridden else entry.min_size,
                 sha256="" if overridden else entry.sha256, **kw,
             )
             if status in (ModelStatus.OK, ModelStatus.UNVERIFIED) and converted is not None:
