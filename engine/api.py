@@ -180,6 +180,7 @@ class Result:
     seeds: tuple[int, ...]
     timings: Mapping[str, float] = field(default_factory=dict)
     model_hashes: Mapping[str, str] = field(default_factory=dict)
+    warnings: tuple[str, ...] = ()  # e.g. a prompt truncated to CLIP's 77 tokens
 
 
 class EditKind(enum.StrEnum):

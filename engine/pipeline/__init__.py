@@ -1,0 +1,1 @@
+"""Generation: the denoising loop over backend runners, schedulers, step cache, previews, PNG metadata."""
