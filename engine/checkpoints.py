@@ -482,7 +482,8 @@ def _flatten_for_safetensors(obj: Mapping[str, Any], src: Path) -> tuple[dict[st
         flat = {f"w_proj.{k}": v for k, v in _as_tensor_dict(obj["w_proj"], src, "w_proj").items()}
         flat.update({f"wplus_adapter.{k}": v for k, v in _as_tensor_dict(obj["wplus_adapter"], src, "wplus_adapter").items()})
         return flat, {LAYOUT_KEY: LAYOUT_ADAPTER}
-    inner = obj["state_dict"] if set(obj) == {"state_dict"} else obj
+    # a wrapped state dict ({'state_dict': ..., 'global_step': ...}, Lightning style) keeps only the weights
+    inner = obj["state_dict"] if isinstance(obj.get("state_dict"), Mapping) else obj
     return _as_tensor_dict(inner, src, "state_dict"), {LAYOUT_KEY: LAYOUT_STATE_DICT}
 
 

@@ -329,3 +329,13 @@ def test_official_wplus_file_loads_as_tensor(tmp_path):
     got = load_tensor_file(path)
     assert not got.requires_grad
     assert torch.equal(got, w.detach())
+
+
+def test_wrapped_state_dict_conversion_keeps_only_weights(tmp_path):
+    weights = {"model.diffusion_model.conv_in.weight": torch.randn(4, 4, 3, 3), "first_stage_model.x": torch.ones(2)}
+    src = tmp_path / "model.ckpt"
+    torch.save({"state_dict": weights, "global_step": 470000, "epoch": 3}, src)
+    back = load_state(convert_to_safetensors(src, tmp_path / "model.safetensors"))
+    assert set(back) == set(weights)
+    for k, v in weights.items():
+        assert torch.equal(back[k], v)
