@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import zipfile
+
 import numpy as np
 import pytest
 import torch
@@ -37,6 +39,30 @@ def test_edit_official_pth(tmp_path, w):
     assert main(["edit", str(pth), "--set", "lipstick=5", "-o", str(out)]) == 0
     np.testing.assert_array_equal(np.load(out), DirectionLibrary.load_default().apply(arr, {"lipstick": 5.0}))
     np.testing.assert_array_equal(read_wplus(pth), arr)
+
+
+def _as_if_saved_on_cuda(src, dst):
+    """Rewrite a torch.save zip so its storage says 'cuda:0', like the official W+ files."""
+    with zipfile.ZipFile(src) as zin, zipfile.ZipFile(dst, "w", compression=zipfile.ZIP_STORED) as zout:
+        for info in zin.infolist():
+            data = zin.read(info.filename)
+            if info.filename.endswith("data.pkl"):
+                assert data.count(b"X\x03\x00\x00\x00cpu") == 1
+                data = data.replace(b"X\x03\x00\x00\x00cpu", b"X\x06\x00\x00\x00cuda:0")
+            zout.writestr(info, data)
+
+
+def test_edit_cuda_saved_official_pth(tmp_path, w):
+    arr, _ = w
+    cpu, cuda = tmp_path / "cpu.pth", tmp_path / "1.pth"
+    torch.save(torch.from_numpy(arr).requires_grad_(True), cpu)
+    _as_if_saved_on_cuda(cpu, cuda)
+    if not torch.cuda.is_available():
+        with pytest.raises(RuntimeError, match="CUDA"):
+            torch.load(cuda, weights_only=True)  # what a loader without map_location would hit
+    out = tmp_path / "o.npy"
+    assert main(["edit", str(cuda), "--set", "age=1", "-o", str(out)]) == 0
+    np.testing.assert_array_equal(np.load(out), DirectionLibrary.load_default().apply(arr, {"age": 1.0}))
 
 
 def test_edit_towards(tmp_path, w):
