@@ -292,3 +292,15 @@ def write_ldm_single_file(folder: str | os.PathLike[str], path: str | os.PathLik
     p.parent.mkdir(parents=True, exist_ok=True)
     save_file({k: v.contiguous() for k, v in state.items()}, str(p))
     return p
+
+
+def cached_tiny_models(base: str | os.PathLike[str]) -> Path:
+    """`write_tiny_models` into `base/tiny-models` once; later calls reuse it (a marker is written last)."""
+    root = Path(base) / "tiny-models"
+    marker = root / ".complete"
+    if not marker.is_file():
+        if root.exists():
+            shutil.rmtree(root)
+        write_tiny_models(root)
+        marker.write_text("ok", encoding="utf-8")
+    return root
