@@ -13,3 +13,12 @@ def test_module_imports_without_torch(module):
     code = f"import sys, {module}; heavy = [m for m in ('torch', 'diffusers', 'cv2', 'dlib', 'PySide6') if m in sys.modules]; print(heavy)"
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True).stdout.strip()
     assert out == "[]"
+
+
+def test_cli_help_loads_no_heavy_module():
+    code = (
+        "import sys; from engine.cli import build_parser; build_parser(); "
+        "print([m for m in ('torch', 'diffusers', 'cv2', 'dlib', 'PySide6', 'onnxruntime') if m in sys.modules])"
+    )
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True).stdout.strip()
+    assert out == "[]"
