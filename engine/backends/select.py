@@ -1,0 +1,281 @@
+"""Which backends work here, which one to use, and why: probe, pick, fall back explicitly.
+
+`probe()` looks without side effects (no CUDA context is created for ONNX Runtime or TensorRT; torch's
+CUDA query is the only one that touches the driver). `choose()` turns a requested backend into the
+one that will run, with the reason for any fallback written for the user; the GUI's backend selector
+shows `BackendReport.lines()` and `BackendChoice.message`.
+"""
+
+from __future__ import annotations
+
+import importlib.metadata
+import importlib.util
+from collections.abc import Iterable
+from dataclasses import dataclass, field
+from pathlib import Path
+
+BACKENDS = ("torch", "onnxruntime", "tensorrt")
+_ORT_CPU = "onnxruntime"
+_ORT_GPU = "onnxruntime-gpu"
+# Other ONNX Runtime builds that install the same `onnxruntime` module.
+_ORT_VARIANTS = (_ORT_CPU, _ORT_GPU, "onnxruntime-directml", "onnxruntime-openvino", "onnxruntime-training")
+
+
+def _normalise(name: str) -> str:
+    return name.strip().lower().replace("_", "-")
+
+
+def installed_distributions() -> list[str]:
+    """Names of the installed Python distributions (normalised: lower case, '-')."""
+    return sorted({_normalise(d.metadata["Name"] or "") for d in importlib.metadata.distributions()} - {""})
+
+
+def onnxruntime_conflict(distributions: Iterable[str] | None = None) -> str | None:
+    """A message when several ONNX Runtime packages are installed together, else None.
+
+    onnxruntime and onnxruntime-gpu install the same `onnxruntime` module; with both, whichever was
+    installed last wins file by file and the result may have no CUDA provider or fail to load.
+
+    Args:
+        distributions: installed distribution names (defaults to what importlib.metadata finds);
+            tests pass a list.
+    """
+    names = {_normalise(d) for d in (installed_distributions() if distributions is None else distributions)}
+    found = [v for v in _ORT_VARIANTS if v in names]
+    if len(found) < 2:
+        return None
+    keep = _ORT_GPU if _ORT_GPU in found else found[0]
+    drop = [f for f in found if f != keep]
+    return (
+        f"Both {' and '.join(found)} are installed; they provide the same 'onnxruntime' module and break each "
+        f"other. Uninstall {', '.join(drop)} (pip uninstall {' '.join(drop)}), then reinstall {keep} "
+        f"(pip install --force-reinstall {keep})."
+    )
+
+
+@dataclass(frozen=True)
+class BackendStatus:
+    """One backend's availability here.
+
+    Args:
+        name: "torch", "onnxruntime" or "tensorrt".
+        available: it can run here (on some device).
+        reason: why not, or what it will use (shown to the user).
+        devices: devices it can use ("cpu", "cuda").
+        version: the package version, "" if not installed.
+    """
+
+    name: str
+    available: bool
+    reason: str
+    devices: tuple[str, ...] = ()
+    version: str = ""
+
+
+@dataclass(frozen=True)
+class BackendReport:
+    """What `probe()` found."""
+
+    statuses: tuple[BackendStatus, ...]
+    cuda: bool = False
+    gpu_name: str = ""
+    compute_capability: str = ""
+    ort_providers: tuple[str, ...] = ()
+    warnings: tuple[str, ...] = ()
+
+    def status(self, name: str) -> BackendStatus:
+        for s in self.statuses:
+            if s.name == name:
+                return s
+        raise KeyError(name)
+
+    def lines(self) -> list[str]:
+        """One line per backend (and warnings), for the GUI selector and `wplus info`."""
+        out = []
+        for s in self.statuses:
+            mark = "available" if s.available else "unavailable"
+            ver = f" {s.version}" if s.version else ""
+            out.append(f"{s.name}{ver}: {mark} — {s.reason}")
+        out.extend(f"warning: {w}" for w in self.warnings)
+        return out
+
+
+@dataclass(frozen=True)
+class BackendChoice:
+    """The backend that will run, on which device, and why if it is not the one asked for."""
+
+    requested: str
+    backend: str
+    device: str
+    fallback_reasons: tuple[str, ...] = ()
+    report: BackendReport | None = field(default=None, compare=False)
+
+    @property
+    def fell_back(self) -> bool:
+        return bool(self.fallback_reasons)
+
+    @property
+    def message(self) -> str:
+        """For the status bar: what runs, and why it is not what was asked for."""
+        head = f"Running on {self.backend} ({self.device})"
+        if not self.fallback_reasons:
+            return head + "."
+        return f"{head} instead of {self.requested}: " + " ".join(self.fallback_reasons)
+
+
+def _version(dist: str, distributions: set[str]) -> str:
+    if dist not in distributions:
+        return ""
+    try:
+        return importlib.metadata.version(dist)
+    except importlib.metadata.PackageNotFoundError:
+        return ""
+
+
+def probe(distributions: Iterable[str] | None = None, *, check_torch_cuda: bool = True) -> BackendReport:
+    """Find out which backends can run here.
+
+    Args:
+        distributions: installed distribution names (default: importlib.metadata); tests pass a list.
+        check_torch_cuda: ask torch whether CUDA works (initialises the driver once).
+
+    Returns:
+        Per-backend availability with reasons, GPU facts and warnings (e.g. two ONNX Runtimes).
+    """
+    dists = {_normalise(d) for d in (installed_distributions() if distributions is None else distributions)}
+    warnings: list[str] = []
+
+    cuda, gpu, cc = False, "", ""
+    torch_status: BackendStatus
+    if importlib.util.find_spec("torch") is None:
+        torch_status = BackendStatus("torch", False, "PyTorch is not installed.")
+    else:
+        import torch
+
+        if check_torch_cuda and torch.cuda.is_available():
+            cuda = True
+            gpu = torch.cuda.get_device_name(0)
+            major, minor = torch.cuda.get_device_capability(0)
+            cc = f"{major}.{minor}"
+            torch_status = BackendStatus("torch", True, f"CUDA on {gpu}.", ("cuda", "cpu"), torch.__version__)
+        else:
+            why = "this PyTorch build has no CUDA" if torch.version.cuda is None else "no CUDA GPU is visible"
+            torch_status = BackendStatus("torch", True, f"CPU only ({why}).", ("cpu",), torch.__version__)
+
+    conflict = onnxruntime_conflict(dists)
+    providers: tuple[str, ...] = ()
+    if conflict:
+        warnings.append(conflict)
+        ort_status = BackendStatus("onnxruntime", False, conflict)
+    elif importlib.util.find_spec("onnxruntime") is None:
+        ort_status = BackendStatus("onnxruntime", False, "ONNX Runtime is not installed (pip install onnxruntime, "
+                                   "or onnxruntime-gpu for NVIDIA GPUs).")
+    else:
+        import onnxruntime as ort
+
+        providers = tuple(ort.get_available_providers())
+        devices = ("cuda", "cpu") if "CUDAExecutionProvider" in providers else ("cpu",)
+        where = "CUDA and CPU" if "cuda" in devices else "CPU only (install onnxruntime-gpu for CUDA)"
+        extra = "; its TensorRT provider is present" if "TensorrtExecutionProvider" in providers else ""
+        ort_status = BackendStatus("onnxruntime", True, f"{where}{extra}.", devices, ort.__version__)
+
+    trt_status = _probe_tensorrt(cuda, check_torch_cuda)
+    return BackendReport((torch_status, ort_status, trt_status), cuda, gpu, cc, providers, tuple(warnings))
+
+
+def _probe_tensorrt(cuda: bool, checked_cuda: bool) -> BackendStatus:
+    if importlib.util.find_spec("tensorrt") is None:
+        return BackendStatus("tensorrt", False, "TensorRT is not installed (pip install tensorrt; NVIDIA GPUs only).")
+    try:
+        import tensorrt as trt
+    except Exception as exc:  # a broken install raises OSError/ImportError for missing CUDA libraries
+        return BackendStatus("tensorrt", False, f"TensorRT is installed but cannot be imported: {exc}.")
+    version = str(getattr(trt, "__version__", ""))
+    if int(version.split(".")[0] or 0) < 10:
+        return BackendStatus("tensorrt", False, f"TensorRT {version} is too old; version 10 or later is needed.",
+                             version=version)
+    if not cuda:
+        why = "no CUDA GPU is visible to PyTorch" if checked_cuda else "CUDA was not checked"
+        return BackendStatus("tensorrt", False, f"TensorRT needs a CUDA GPU through PyTorch ({why}).", version=version)
+    return BackendStatus("tensorrt", True, "ready; engines are built once per GPU from the ONNX exports.",
+                         ("cuda",), version)
+
+
+def choose(
+    requested: str = "auto",
+    report: BackendReport | None = None,
+    *,
+    device: str = "auto",
+    onnx_dir: str | Path | None = None,
+) -> BackendChoice:
+    """Pick the backend that will run.
+
+    "auto" takes TensorRT when it works and ONNX exports exist, else ONNX Runtime when exports exist
+    (on CUDA only with its CUDA provider), else torch. An explicit request that cannot be met falls
+    back in the order tensorrt → onnxruntime → torch, and each step says why.
+
+    Args:
+        requested: "auto", "torch", "onnxruntime" or "tensorrt".
+        report: from `probe()` (probed now if None).
+        device: "auto", "cpu" or "cuda[:N]".
+        onnx_dir: the folder with the ONNX exports (the ONNX-based backends need them).
+
+    Returns:
+        The choice with its fallback reasons (empty when the request was met).
+
+    Raises:
+        ValueError: an unknown backend name.
+    """
+    if requested not in ("auto", *BACKENDS):
+        raise ValueError(f"unknown backend {requested!r}; choose auto, {', '.join(BACKENDS)}")
+    report = report or probe()
+    want_cuda = device.startswith("cuda") or (device == "auto" and report.cuda)
+    if device.startswith("cuda") and not report.cuda:
+        dev = "cpu"
+        reasons = [f"No CUDA GPU is available, so {device} is not possible; using the CPU."]
+    else:
+        dev = (device if device.startswith("cuda") else "cuda") if want_cuda else "cpu"
+        reasons = []
+    exports = onnx_dir is not None and Path(onnx_dir, "unet.onnx").is_file()
+    no_exports = (
+        f"there are no ONNX exports in {onnx_dir}" if onnx_dir is not None else "no ONNX export folder is configured"
+    ) + " (export them with: python -m export onnx …)."
+
+    def ort_ok() -> str | None:
+        s = report.status("onnxruntime")
+        if not s.available:
+            return s.reason
+        if not exports:
+            return "ONNX Runtime needs exported models: " + no_exports
+        if dev.startswith("cuda") and "cuda" not in s.devices:
+            return "ONNX Runtime here is CPU-only; install onnxruntime-gpu (and uninstall onnxruntime) for CUDA."
+        return None
+
+    def trt_ok() -> str | None:
+        s = report.status("tensorrt")
+        if not s.available:
+            return s.reason
+        if not dev.startswith("cuda"):
+            return "TensorRT runs on CUDA GPUs only."
+        if not exports:
+            return "TensorRT engines are built from ONNX exports: " + no_exports
+        return None
+
+    if requested == "auto":
+        if dev.startswith("cuda") and trt_ok() is None:
+            return BackendChoice(requested, "tensorrt", dev, tuple(reasons), report)
+        if ort_ok() is None:
+            return BackendChoice(requested, "onnxruntime", dev, tuple(reasons), report)
+        return BackendChoice(requested, "torch", dev, tuple(reasons), report)
+
+    order = BACKENDS[BACKENDS.index(requested):: -1]  # e.g. tensorrt → onnxruntime → torch
+    checks = {"tensorrt": trt_ok, "onnxruntime": ort_ok, "torch": lambda: None if report.status("torch").available
+              else report.status("torch").reason}
+    for name in order:
+        why = checks[name]()
+        if why is None:
+            return BackendChoice(requested, name, dev, tuple(reasons), report)
+        reasons.append(f"{name} is unavailable: {why}")
+    from engine.errors import BackendUnavailable
+
+    raise BackendUnavailable("No backend can run here. " + " ".join(reasons), "Install PyTorch (pip install torch).")
