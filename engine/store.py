@@ -12,7 +12,8 @@ class ModelStore:
 
     def __init__(self) -> None:
         self._items: dict[Hashable, Any] = {}
-        self._lock = threading.Lock()
+        # Re-entrant: a loader may itself get its parts from the store (the pipeline loads its runners).
+        self._lock = threading.RLock()
 
     def get(self, key: Hashable, load: Callable[[], Any]) -> Any:
         with self._lock:
