@@ -35,7 +35,6 @@ def e4e_file(tmp_path_factory):
 
 @pytest.fixture(scope="module")
 def preview(e4e_file):
-    torch.set_num_threads(min(2, torch.get_num_threads()))
     return StyleGANPreview.from_checkpoint(e4e_file, device="cpu")
 
 

@@ -119,6 +119,8 @@ def test_render_sizes_and_paths(small):
     official = small.render(W, 256, full=True)
     assert np.array_equal(official, np.asarray(Image.fromarray(full).resize((256, 256), Image.Resampling.BICUBIC)))
     assert not np.array_equal(official, reduced)
+    for level in (64, 128):
+        assert np.array_equal(small.render(W, level), to_uint8(small.render_float(W, level)))
 
 
 def test_uint8_conversion_truncates_like_tensor2pil():
