@@ -44,9 +44,28 @@ class WeightSource:
 
     @classmethod
     def of_file(cls, role: str, path: str | os.PathLike[str]) -> WeightSource:
-        p = Path(path)
+        """Hash a weights file, or every weights file of a folder (a diffusers model)."""
+        p = Path(path).resolve()
+        if p.is_dir():
+            size, mtime, digest = _folder_digest(p)
+            return cls(role, digest, str(p), size, mtime)
         st = p.stat()
         return cls(role, file_sha256(p), str(p), st.st_size, st.st_mtime_ns)
+
+
+_WEIGHT_SUFFIXES = (".safetensors", ".bin", ".pt", ".pth", ".ckpt", ".onnx", ".data")
+
+
+def _folder_digest(folder: Path) -> tuple[int, int, str]:
+    """(total size, newest mtime, sha256 over relative names and file hashes) of a folder's weight files."""
+    h = hashlib.sha256()
+    size = mtime = 0
+    for f in sorted(q for q in folder.rglob("*") if q.is_file() and q.suffix.lower() in _WEIGHT_SUFFIXES):
+        st = f.stat()
+        size += st.st_size
+        mtime = max(mtime, st.st_mtime_ns)
+        h.update(f"{f.relative_to(folder).as_posix()}={file_sha256(f)};".encode())
+    return size, mtime, h.hexdigest()
 
 
 @dataclass(frozen=True)
@@ -256,22 +275,38 @@ def check_up_to_date(
         )
 
 
-def changed_weight_files(info: ArtifactInfo) -> list[str]:
+def changed_weight_files(info: ArtifactInfo, *, missing_is_change: bool = False) -> list[str]:
     """Roles whose recorded weights file changed on disk (cheap: size and mtime first, then sha256).
 
-    Files that no longer exist are reported as changed; in-memory sources (no path) are skipped.
+    In-memory sources (no path) are skipped; files no longer at their recorded path count as changed
+    only with `missing_is_change` (an export copied to another machine has other paths).
     """
     changed = []
     for w in info.weights:
         if not w.path:
             continue
         p = Path(w.path)
-        if not p.is_file():
-            changed.append(w.role)
+        if not p.exists():
+            if missing_is_change:
+                changed.append(w.role)
             continue
-        st = p.stat()
-        if st.st_size == w.size and st.st_mtime_ns == w.mtime_ns:
+        if p.is_dir():
+            size, mtime, _ = _folder_digest_stat(p)
+        else:
+            st = p.stat()
+            size, mtime = st.st_size, st.st_mtime_ns
+        if size == w.size and mtime == w.mtime_ns:
             continue
-        if st.st_size != w.size or file_sha256(p) != w.sha256:
+        if WeightSource.of_file(w.role, p).sha256 != w.sha256:
             changed.append(w.role)
     return changed
+
+
+def _folder_digest_stat(folder: Path) -> tuple[int, int, None]:
+    size = mtime = 0
+    for f in folder.rglob("*"):
+        if f.is_file() and f.suffix.lower() in _WEIGHT_SUFFIXES:
+            st = f.stat()
+            size += st.st_size
+            mtime = max(mtime, st.st_mtime_ns)
+    return size, mtime, None

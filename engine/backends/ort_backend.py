@@ -23,12 +23,20 @@ from engine.backends.artifacts import (
     REEXPORT_HINT,
     ArtifactInfo,
     WeightSource,
+    changed_weight_files,
     check_up_to_date,
     read_artifact,
 )
 from engine.backends.base import IO_SPEC, ComponentSpec, Runner
 from engine.backends.profiles import check_shapes, output_shape
-from engine.errors import BackendUnavailable, InvalidInput, ModelCorrupt, ModelMissing, OutOfMemory
+from engine.errors import (
+    BackendUnavailable,
+    EngineMismatch,
+    InvalidInput,
+    ModelCorrupt,
+    ModelMissing,
+    OutOfMemory,
+)
 
 log = logging.getLogger(__name__)
 
@@ -231,6 +239,8 @@ class OrtRunners:
         fallback: runners for components that are not exported.
         threads: CPU threads per session (0: ONNX Runtime's default).
         providers: explicit provider list (overrides device/tensorrt_ep); for tests and experts.
+        check_files: refuse an export whose recorded weight files changed on disk since (size and
+            mtime first, a re-hash only when they differ).
     """
 
     backend = "onnxruntime"
@@ -245,6 +255,7 @@ class OrtRunners:
         fallback: Any = None,
         threads: int = 0,
         providers: Sequence[str] | None = None,
+        check_files: bool = True,
     ) -> None:
         import torch
 
@@ -252,6 +263,7 @@ class OrtRunners:
         self.providers = list(providers) if providers is not None else providers_for(device, tensorrt=tensorrt_ep)
         self.device = torch.device(device if CUDA in self.providers or TENSORRT in self.providers else "cpu")
         self.weights = weights
+        self.check_files = check_files
         self.fallback = fallback
         self.threads = threads
         self._runners: dict[str, Runner] = {}
@@ -260,7 +272,8 @@ class OrtRunners:
     def _read_dtype(self) -> Any:
         import torch
 
-        for name in ("unet", "vae_decoder", "text_encoder"):
+        # The float dtype the pipeline should hand over: the UNet's export decides when present.
+        for name in ("unet", "vae_decoder", "text_encoder", *IO_SPEC):
             p = self.onnx_dir / onnx_file_name(name)
             if p.is_file():
                 try:
@@ -297,6 +310,13 @@ class OrtRunners:
             info = read_artifact(path, component)
             if self.weights:
                 check_up_to_date(path, info, self.weights)
+            if self.check_files:
+                changed = changed_weight_files(info)
+                if changed:
+                    raise EngineMismatch(
+                        f"{path.name} is stale: the {', '.join(changed)} weights it was exported from have changed.",
+                        REEXPORT_HINT,
+                    )
             session = open_session(path, self.providers, threads=self.threads)
             runner = OrtRunner(IO_SPEC[component], session, info, path, self.device)
         self._runners[component] = runner

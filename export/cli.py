@@ -1,0 +1,240 @@
+"""`python -m export` / `wplus-export`: ONNX exports, their verification, TensorRT engines, status.
+
+    python -m export onnx   --models-dir models [--components unet,vae_decoder] [--profile dynamic] [--precision fp16]
+    python -m export verify --models-dir models [--onnx-dir models/onnx]
+    python -m export trt    --onnx-dir models/onnx [--cache-dir …] [--precision fp16]
+    python -m export check  --onnx-dir models/onnx
+
+Exit codes: 0 ok, 1 failure (an EngineError is printed without a traceback unless --debug), 2 usage.
+"""
+
+from __future__ import annotations
+
+import argparse
+import logging
+import os
+import sys
+import time
+from collections.abc import Sequence
+from pathlib import Path
+
+from engine.errors import EngineError
+
+COMPONENTS = ("text_encoder", "unet", "vae_decoder", "identity_proj", "face_encoder", "face_parser")
+
+
+def _profile(args: argparse.Namespace):
+    from engine.backends.profiles import ShapeProfile
+
+    if args.profile == "static":
+        return ShapeProfile.static(args.height, args.width, args.batch)
+    return ShapeProfile.dynamic(args.min_side, args.opt_side, args.max_side, args.batch)
+
+
+def _components(text: str | None) -> list[str]:
+    if not text:
+        return list(COMPONENTS)
+    names = [c.strip() for c in text.split(",") if c.strip()]
+    bad = [c for c in names if c not in COMPONENTS]
+    if bad:
+        raise SystemExit(f"error: unknown component(s) {', '.join(bad)}; choose from {', '.join(COMPONENTS)}")
+    return names
+
+
+def _config(args: argparse.Namespace):
+    from engine.config import EngineConfig
+    from engine.manifest import resolve_models_dir
+
+    models_dir, _why = resolve_models_dir(args.models_dir)
+    return EngineConfig(models_dir=models_dir, device="cpu", sd_model=args.sd_model or "", vae=args.vae or "",
+                        e4e=args.e4e or "", adapter=args.adapter or "", parser=args.parser or "")
+
+
+def _onnx_dir(args: argparse.Namespace, config=None) -> Path:
+    if getattr(args, "onnx_dir", None):
+        return Path(args.onnx_dir)
+    if config is None:
+        config = _config(args)
+    return Path(config.models_dir) / "onnx"
+
+
+def _peak_rss_mb() -> float:
+    try:
+        import resource
+
+        return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024.0
+    except ImportError:  # Windows
+        return float("nan")
+
+
+def cmd_onnx(args: argparse.Namespace) -> int:
+    import torch
+
+    from export.sources import ComponentLoader
+    from export.to_onnx import export_onnx
+    from export.verify import verify_onnx
+
+    config = _config(args)
+    out = _onnx_dir(args, config)
+    profile = _profile(args)
+    dtype = torch.float16 if args.precision == "fp16" else torch.float32
+    loader = ComponentLoader(config, dtype)
+    failed = 0
+    for component in _components(args.components):
+        src = loader.load(component)
+        result = export_onnx(component, src.module, out / f"{component}.onnx", profile=profile,
+                             precision=args.precision, weights=src.weights, opset=args.opset)
+        size = result.info.onnx_size + max(result.info.external_size, 0)
+        print(f"{component}: {result.path} ({size / 1e6:.1f} MB, {result.seconds:.1f} s, "
+              f"peak RSS {_peak_rss_mb():.0f} MB)")
+        if args.verify:
+            ref = loader.load(component).module if args.precision == "fp32" else _fp32(config, component)
+            for report in verify_onnx(component, ref, result.path):
+                for line in report.lines():
+                    print("  " + line)
+                failed += not report.ok
+    return 1 if failed else 0
+
+
+def _fp32(config, component: str):
+    from export.sources import ComponentLoader
+
+    return ComponentLoader(config).load(component).module
+
+
+def cmd_verify(args: argparse.Namespace) -> int:
+    from export.sources import ComponentLoader
+    from export.verify import verify_onnx
+
+    config = _config(args)
+    onnx_dir = _onnx_dir(args, config)
+    loader = ComponentLoader(config)
+    failed = 0
+    for component in _components(args.components):
+        path = onnx_dir / f"{component}.onnx"
+        if not path.is_file():
+            if args.components:
+                print(f"{component}: no export at {path}", file=sys.stderr)
+                failed += 1
+            continue
+        for report in verify_onnx(component, loader.load(component).module, path, seeds=tuple(range(args.seeds))):
+            for line in report.lines():
+                print(line)
+            failed += not report.ok
+    return 1 if failed else 0
+
+
+def cmd_check(args: argparse.Namespace) -> int:
+    from engine.backends.artifacts import changed_weight_files, read_artifact
+
+    onnx_dir = _onnx_dir(args)
+    bad = 0
+    for component in COMPONENTS:
+        path = onnx_dir / f"{component}.onnx"
+        if not path.exists():
+            continue
+        try:
+            info = read_artifact(path, component, deep=args.deep)
+            changed = changed_weight_files(info)
+            state = f"STALE ({', '.join(changed)} changed)" if changed else "up to date"
+            print(f"{component}: {info.precision}, profile {info.profile.name}, opset {info.opset} — {state}")
+            bad += bool(changed)
+        except EngineError as exc:
+            print(f"{component}: {exc.user_message}")
+            bad += 1
+    return 1 if bad else 0
+
+
+def cmd_trt(args: argparse.Namespace) -> int:
+    from export.to_trt import build_all
+
+    onnx_dir = _onnx_dir(args)
+    cache_dir = Path(args.cache_dir) if args.cache_dir else onnx_dir.parent / "engines"
+    results = build_all(onnx_dir, cache_dir, _profile(args), _components(args.components), precision=args.precision,
+                        timing_cache=cache_dir / "timing.cache", rebuild=args.rebuild)
+    for line in results:
+        print(line)
+    return 0
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="wplus-export", description="Export W+ Studio components to ONNX and "
+                                     "TensorRT, and check exports against the PyTorch models.")
+    parser.add_argument("--debug", action="store_true", help="show tracebacks and exporter logs")
+    sub = parser.add_subparsers(dest="command", metavar="COMMAND")
+
+    def models_args(p: argparse.ArgumentParser) -> None:
+        p.add_argument("--models-dir", help="models folder (default: WPLUS_MODELS_DIR, settings, ./models)")
+        for name in ("sd-model", "vae", "e4e", "adapter", "parser"):
+            p.add_argument(f"--{name}", help=f"override the {name} path (absolute or relative to the models folder)")
+
+    def shape_args(p: argparse.ArgumentParser) -> None:
+        p.add_argument("--profile", choices=("dynamic", "static"), default="dynamic",
+                       help="dynamic: any size in [min-side, max-side]; static: one size (default dynamic)")
+        p.add_argument("--height", type=int, default=512, help="static profile image height (px)")
+        p.add_argument("--width", type=int, default=512, help="static profile image width (px)")
+        p.add_argument("--min-side", type=int, default=256)
+        p.add_argument("--opt-side", type=int, default=512)
+        p.add_argument("--max-side", type=int, default=1024)
+        p.add_argument("--batch", type=int, default=1, help="images per call (the UNet sees 2× with CFG)")
+        p.add_argument("--precision", choices=("fp32", "fp16"), default="fp32")
+        p.add_argument("--components", help=f"comma-separated subset of {', '.join(COMPONENTS)}")
+
+    p = sub.add_parser("onnx", help="export components to ONNX (one .onnx + .onnx.json each)")
+    models_args(p)
+    shape_args(p)
+    p.add_argument("--out", dest="onnx_dir", help="output folder (default: <models>/onnx)")
+    p.add_argument("--opset", type=int, default=18)
+    p.add_argument("--verify", action="store_true", help="compare each export with torch on ONNX Runtime CPU")
+    p.set_defaults(func=cmd_onnx)
+
+    p = sub.add_parser("verify", help="compare ONNX exports with the torch models (ONNX Runtime CPU)")
+    models_args(p)
+    p.add_argument("--onnx-dir", help="folder of the exports (default: <models>/onnx)")
+    p.add_argument("--components", help=f"comma-separated subset of {', '.join(COMPONENTS)}")
+    p.add_argument("--seeds", type=int, default=2, help="how many seeded inputs per component")
+    p.set_defaults(func=cmd_verify)
+
+    p = sub.add_parser("trt", help="build TensorRT engines from the ONNX exports (NVIDIA GPU + tensorrt)")
+    shape_args(p)
+    p.set_defaults(precision="fp16")
+    p.add_argument("--models-dir", help="models folder (for the default --onnx-dir)")
+    p.add_argument("--onnx-dir", help="folder of the exports (default: <models>/onnx)")
+    p.add_argument("--cache-dir", help="engine cache (default: <onnx-dir>/../engines)")
+    p.add_argument("--rebuild", action="store_true", help="build even when a matching engine is cached")
+    p.set_defaults(func=cmd_trt)
+
+    p = sub.add_parser("check", help="list exports and whether they are damaged or stale")
+    p.add_argument("--models-dir", help="models folder (for the default --onnx-dir)")
+    p.add_argument("--onnx-dir", help="folder of the exports (default: <models>/onnx)")
+    p.add_argument("--deep", action="store_true", help="re-hash the ONNX files")
+    p.set_defaults(func=cmd_check)
+    return parser
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    """Entry point of `python -m export` and the `wplus-export` console script."""
+    os.environ.setdefault("HF_HUB_OFFLINE", "1")
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    logging.basicConfig(level=logging.DEBUG if args.debug else logging.WARNING,
+                        format="%(levelname)s %(name)s: %(message)s")
+    if not getattr(args, "func", None):
+        parser.print_help()
+        return 2
+    t0 = time.perf_counter()
+    try:
+        code = int(args.func(args) or 0)
+    except EngineError as exc:
+        if args.debug:
+            raise
+        print(f"error: {exc.user_message}", file=sys.stderr)
+        if exc.hint:
+            print(f"hint: {exc.hint}", file=sys.stderr)
+        return 1
+    except KeyboardInterrupt:
+        print("interrupted", file=sys.stderr)
+        return 130
+    if args.debug:
+        print(f"done in {time.perf_counter() - t0:.1f} s", file=sys.stderr)
+    return code
