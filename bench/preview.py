@@ -6,7 +6,11 @@ fresh W+ each call (what real edits need: they touch rows 0–7 or all rows), th
 instead of channels_last, with the stage cache when only late rows move, in bfloat16 (draft), the
 coarser 64²/128² levels, and the full 1024² image.
 
-Usage: python bench/preview.py [--threads 2] [--repeats 5] [--skip-full]
+Wall times on a machine shared with other jobs are inflated (OpenMP threads wait for a busy core);
+the process CPU time column is a steadier measure of the work itself (with --threads 1 it is the
+single-core compute time).
+
+Usage: python bench/preview.py [--threads 2] [--repeats 5] [--skip-full] [--skip-bf16]
 """
 
 from __future__ import annotations
@@ -60,13 +64,15 @@ def main() -> None:
 
     def measure(label: str, fn, repeats: int) -> float:
         fn()  # warm-up (oneDNN primitive creation, static weights)
-        times = []
+        times, cpu = [], []
         for _ in range(repeats):
-            t0 = time.perf_counter()
+            t0, c0 = time.perf_counter(), time.process_time()
             fn()
             times.append(time.perf_counter() - t0)
+            cpu.append(time.process_time() - c0)
         med = statistics.median(times)
-        print(f"{label:<66} {med * 1000:8.1f} ms  (min {min(times) * 1000:.1f}, n={repeats})")
+        print(f"{label:<66} {med * 1000:8.1f} ms  (min {min(times) * 1000:7.1f}; CPU time "
+              f"{statistics.median(cpu) * 1000:7.1f} ms; n={repeats})")
         return med
 
     fast = StyleGANPreview.from_state_dict(state, cache=False)
@@ -95,6 +101,8 @@ def main() -> None:
     if not args.skip_bf16:
         draft = StyleGANPreview.from_state_dict(state, cache=False, dtype="bfloat16")
         measure("256² reduced path, bfloat16 draft, rows 0–7 edited", lambda: draft.render(edited(slice(0, 8)), 256), r)
+        measure("128² level, bfloat16 draft", lambda: draft.render(edited(slice(0, 8)), 128), r)
+        measure("64² level, bfloat16 draft", lambda: draft.render(edited(slice(0, 8)), 64), r)
         w = edited(slice(0, 8))
         diff = np.abs(draft.render(w, 256).astype(int) - fast.render(w, 256).astype(int))
         err = np.abs(draft.render_float(w, 256) - fast.render_float(w, 256))
