@@ -164,10 +164,10 @@ class WPlusPipeline:
         from engine.backends.torch_backend import resolve_device
 
         dev, dt = resolve_device(config.device, config.dtype)
-        key = ("wplus_pipeline", str(sd_path), str(adapter_path), str(vae_path), str(dev), str(dt))
-        return store.get(
-            key, lambda: cls.from_files(sd_path, adapter_path, vae=vae_path, device=str(dev), dtype=str(dt).split(".")[-1])
-        )
+        # Not `store.get(...)` here: the session calls this inside its own `store.get` for the pipeline and
+        # the store's lock is not re-entrant; the session's entry already caches the whole pipeline.
+        del store
+        return cls.from_files(sd_path, adapter_path, vae=vae_path, device=str(dev), dtype=str(dt).split(".")[-1])
 
     # -- conditioning -----------------------------------------------------------------------------
 
