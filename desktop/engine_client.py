@@ -28,6 +28,7 @@ import numpy as np
 from PySide6.QtCore import QObject, Signal
 
 from desktop.coalesce import CLOSED, Mailbox
+from desktop.qtcompat import emit
 from engine.api import EditState, EngineSession, GenerateRequest, Identity, ModelState, Progress
 from engine.cancel import CancelToken
 from engine.config import EngineConfig
@@ -37,8 +38,9 @@ log = logging.getLogger(__name__)
 
 SessionFactory = Callable[[EngineConfig], EngineSession]
 
-# A live job that has done this much of its steps is allowed to finish when a newer one arrives, so
-# continuous dragging still shows frames instead of cancelling everything forever.
+# A running live job is never cancelled by a newer live job (the newer one waits, coalesced, in the
+# latest-wins slot), so continuous dragging shows a frame per render time. A full-quality request
+# cancels a running job unless it is a live one past this share of its steps.
 FINISH_FRACTION = 0.7
 
 
@@ -132,14 +134,16 @@ class EngineClient(QObject):
     models_checked = Signal(object)  # tuple[ModelState, ...]
     catalog_ready = Signal(object)  # tuple[SliderSpec, ...]
     progress = Signal(int, object)  # gen, Progress
-    result_ready = Signal(int, object, bool)  # gen, Result, live
+    # Flags cross threads as ints: PySide6 6.12 on Python 3.11 loses references to True/False when a
+    # bool travels through a queued connection ("bool_dealloc" at exit), so no bool in these signals.
+    result_ready = Signal(int, object, int)  # gen, Result, live (0/1)
     likeness_ready = Signal(int, float)
     face_preview_ready = Signal(int, object)  # gen, uint8 RGB
     identity_ready = Signal(int, object)  # gen, Identity
     burst_ready = Signal(int, object)  # gen, BurstResult
     cancelled = Signal(int)
     failed = Signal(int, object)  # gen (0: not a job), FailureInfo
-    busy_changed = Signal(bool)
+    busy_changed = Signal(int)  # 0/1
     backends_ready = Signal(object)  # tuple[BackendOption, ...]
     saved = Signal(str)
     request_loaded = Signal(str, object)  # path, GenerateRequest
@@ -215,18 +219,20 @@ class EngineClient(QObject):
                       identity_face: np.ndarray | None = None) -> int:
         """Queue a render (latest wins) and return its generation number.
 
-        The running render is cancelled unless it is a live one past `FINISH_FRACTION` of its steps.
+        A newer live request lets a running live render finish (so dragging shows frames); any other
+        combination cancels the running render, except a live one past `FINISH_FRACTION` of its steps.
         """
         gen = self.next_gen()
         job = RenderJob(gen, request, live, identity_face)
         with self._lock:
             running = self._inflight
-            if running is not None and not (running.live and self._inflight_fraction >= FINISH_FRACTION):
+            keep = running is not None and running.live and (live or self._inflight_fraction >= FINISH_FRACTION)
+            if running is not None and not keep:
                 running.token.cancel()
             self._set_busy(True)
         old = self._box.put("render", job)
         if old is not None:
-            self.cancelled.emit(old.gen)
+            emit(self.cancelled, old.gen)
         return gen
 
     def submit_preview(self, wplus: np.ndarray, edits: EditState, size: int = 256) -> int:
@@ -259,7 +265,7 @@ class EngineClient(QObject):
         """Cancel the running render and drop the pending one."""
         old = self._box.clear("render") if not self._box.closed else None
         if old is not None:
-            self.cancelled.emit(old.gen)
+            emit(self.cancelled, old.gen)
         with self._lock:
             if self._inflight is not None:
                 self._inflight.token.cancel()
@@ -271,7 +277,7 @@ class EngineClient(QObject):
 
         def job() -> None:
             self._meta().save_png(Path(path), image, result, index)
-            self.saved.emit(str(path))
+            emit(self.saved, str(path))
 
         self._io.put(self._guard("save", job))
 
@@ -283,9 +289,9 @@ class EngineClient(QObject):
                 req = self._meta().read_request(Path(path))
             except Exception as exc:
                 log.info("no settings in %s: %s", path, exc)
-                self.request_failed.emit(str(path), FailureInfo.from_exception("load", exc))
+                emit(self.request_failed, str(path), FailureInfo.from_exception("load", exc))
                 return
-            self.request_loaded.emit(str(path), req)
+            emit(self.request_loaded, str(path), req)
 
         self._io.put(job)
 
@@ -295,7 +301,7 @@ class EngineClient(QObject):
         def job() -> None:
             from desktop.camera.sources import read_image_rgb
 
-            self.image_loaded.emit(str(path), read_image_rgb(path))
+            emit(self.image_loaded, str(path), read_image_rgb(path))
 
         self._io.put(self._guard("open", job))
 
@@ -311,7 +317,7 @@ class EngineClient(QObject):
     def _set_busy(self, busy: bool) -> None:
         if busy != self._busy:
             self._busy = busy
-            self.busy_changed.emit(busy)
+            emit(self.busy_changed, int(busy))
 
     def _meta(self) -> Any:
         if self._metadata is None:
@@ -324,7 +330,7 @@ class EngineClient(QObject):
                 fn()
             except Exception as exc:  # thread top: report, never die
                 log.exception("%s failed", where)
-                self.failed.emit(0, FailureInfo.from_exception(where, exc))
+                emit(self.failed, 0, FailureInfo.from_exception(where, exc))
 
         return run
 
@@ -348,14 +354,14 @@ class EngineClient(QObject):
                 except Exception as exc:  # thread top: report and keep serving
                     log.exception("worker job failed")
                     gen = getattr(d.item, "gen", 0)
-                    self.failed.emit(gen, FailureInfo.from_exception(d.channel, exc))
+                    emit(self.failed, gen, FailureInfo.from_exception(d.channel, exc))
         finally:
             if self._session is not None:
                 try:
                     self._session.close()
                 except Exception:
                     log.exception("closing the session failed")
-            self.state_changed.emit("closed")
+            emit(self.state_changed, "closed")
 
     def _dispatch(self, channel: str, item: Any) -> None:
         if isinstance(item, _Open):
@@ -367,7 +373,7 @@ class EngineClient(QObject):
         elif isinstance(item, _Encode):
             self._encode(item)
         elif isinstance(item, _Call):
-            self.call_done.emit(item.tag, item.fn(self._need_session()))
+            emit(self.call_done, item.tag, item.fn(self._need_session()))
         else:  # pragma: no cover - programming error
             raise TypeError(f"unknown job on {channel}: {item!r}")
 
@@ -378,7 +384,7 @@ class EngineClient(QObject):
         return self._session
 
     def _open(self, config: EngineConfig) -> None:
-        self.state_changed.emit("starting")
+        emit(self.state_changed, "starting")
         if self._session is not None:
             self._session.close()
             self._session = None
@@ -390,14 +396,14 @@ class EngineClient(QObject):
         except Exception as exc:  # the manifest may be absent or unreadable: the app keeps working
             log.exception("checking the models failed")
             states = exc
-        self.models_checked.emit(states)
+        emit(self.models_checked, states)
         try:
-            self.catalog_ready.emit(tuple(self._session.catalog()))
+            emit(self.catalog_ready, tuple(self._session.catalog()))
         except Exception as exc:
             log.exception("loading the edit catalog failed")
-            self.failed.emit(0, FailureInfo.from_exception("catalog", exc))
-            self.catalog_ready.emit(())
-        self.state_changed.emit("ready")
+            emit(self.failed, 0, FailureInfo.from_exception("catalog", exc))
+            emit(self.catalog_ready, ())
+        emit(self.state_changed, "ready")
 
     def _preview(self, job: PreviewJob) -> None:
         session = self._need_session()
@@ -405,15 +411,15 @@ class EngineClient(QObject):
         try:
             image = session.preview_face(job.wplus, job.edits, job.size)
         except Exception as exc:
-            self.failed.emit(job.gen, FailureInfo.from_exception("preview", exc))
+            emit(self.failed, job.gen, FailureInfo.from_exception("preview", exc))
             return
-        self.face_preview_ready.emit(job.gen, image)
+        emit(self.face_preview_ready, job.gen, image)
 
     def _render(self, job: RenderJob) -> None:
         session = self._need_session()
         with self._lock:
             if job.token.cancelled:
-                self.cancelled.emit(job.gen)
+                emit(self.cancelled, job.gen)
                 self._set_busy(self._box.pending("render"))
                 return
             self._inflight = job
@@ -423,7 +429,7 @@ class EngineClient(QObject):
         def on_progress(p: Progress) -> None:
             with self._lock:
                 self._inflight_fraction = p.fraction
-            self.progress.emit(job.gen, p)
+            emit(self.progress, job.gen, p)
             # Serve face previews between denoising steps so the StyleGAN preview stays live.
             d = self._box.take_nowait("preview")
             if d is not None:
@@ -432,11 +438,11 @@ class EngineClient(QObject):
         try:
             result = session.render(job.request, job.token, on_progress)
         except Cancelled:
-            self.cancelled.emit(job.gen)
+            emit(self.cancelled, job.gen)
             result = None
         except Exception as exc:
             log.exception("render %d failed", job.gen)
-            self.failed.emit(job.gen, FailureInfo.from_exception("render", exc))
+            emit(self.failed, job.gen, FailureInfo.from_exception("render", exc))
             result = None
         finally:
             with self._lock:
@@ -444,10 +450,10 @@ class EngineClient(QObject):
                 self._set_busy(self._box.pending("render"))
         if result is None:
             return
-        self.result_ready.emit(job.gen, result, job.live)
+        emit(self.result_ready, job.gen, result, int(job.live))
         if job.identity_face is not None and result.images and not job.live:
             try:
-                self.likeness_ready.emit(job.gen, float(session.likeness(job.identity_face, result.images[0])))
+                emit(self.likeness_ready, job.gen, float(session.likeness(job.identity_face, result.images[0])))
             except Exception:
                 log.warning("likeness unavailable", exc_info=True)
 
@@ -455,15 +461,15 @@ class EngineClient(QObject):
         session = self._need_session()
         try:
             if job.burst:
-                self.burst_ready.emit(job.gen, session.encode_burst(list(job.images), name=job.name))
+                emit(self.burst_ready, job.gen, session.encode_burst(list(job.images), name=job.name))
             else:
                 ident: Identity = session.encode_identity(job.images[0], name=job.name, aligned=job.aligned)
-                self.identity_ready.emit(job.gen, ident)
+                emit(self.identity_ready, job.gen, ident)
         except Exception as exc:
-            self.failed.emit(job.gen, FailureInfo.from_exception("encode", exc))
+            emit(self.failed, job.gen, FailureInfo.from_exception("encode", exc))
 
     def _probe_backends(self) -> None:
-        self.backends_ready.emit(probe_backends())
+        emit(self.backends_ready, probe_backends())
 
 
 def probe_backends() -> tuple[BackendOption, ...]:

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from PySide6.QtCore import QObject, Signal
 
+from desktop.qtcompat import emit
 from engine.api import EditState
 
 
@@ -45,7 +46,7 @@ class EditHistory(QObject):
             return
         self._state = new
         if transient:
-            self.changed.emit(new, True)
+            emit(self.changed, new, True)
         else:
             self.commit()
 
@@ -55,8 +56,8 @@ class EditHistory(QObject):
             self._undo.clear()
             self._redo.clear()
             self._state = self._committed = state
-            self.changed.emit(state, False)
-            self.history_changed.emit()
+            emit(self.changed, state, False)
+            emit(self.history_changed)
             return
         if state == self._state and state == self._committed:
             return
@@ -77,8 +78,8 @@ class EditHistory(QObject):
         del self._undo[: -self._limit]
         self._redo.clear()
         self._committed = self._state
-        self.history_changed.emit()
-        self.changed.emit(self._state, False)
+        emit(self.history_changed)
+        emit(self.changed, self._state, False)
 
     def undo(self) -> None:
         self.commit()
@@ -86,13 +87,13 @@ class EditHistory(QObject):
             return
         self._redo.append(self._state)
         self._state = self._committed = self._undo.pop()
-        self.changed.emit(self._state, False)
-        self.history_changed.emit()
+        emit(self.changed, self._state, False)
+        emit(self.history_changed)
 
     def redo(self) -> None:
         if not self._redo:
             return
         self._undo.append(self._state)
         self._state = self._committed = self._redo.pop()
-        self.changed.emit(self._state, False)
-        self.history_changed.emit()
+        emit(self.changed, self._state, False)
+        emit(self.history_changed)

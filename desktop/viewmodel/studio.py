@@ -17,6 +17,7 @@ from PySide6.QtCore import QObject, QTimer, Signal
 
 from desktop.engine_client import EngineClient, FailureInfo
 from desktop.imaging import thumbnail
+from desktop.qtcompat import emit
 from desktop.viewmodel.edits import EditHistory
 from desktop.viewmodel.generation import GenerationSettings, GenerationState
 from desktop.viewmodel.identities import IdentityEntry, IdentityLibrary, mix_identities
@@ -139,7 +140,7 @@ class StudioState(QObject):
 
     def _set_identity(self, entry: IdentityEntry | None) -> None:
         self.identity = entry
-        self.identity_changed.emit(entry)
+        emit(self.identity_changed, entry)
         if entry is not None:
             self._newest_preview = self.client.submit_preview(entry.identity.wplus, self.edits.state)
             if self.generation.settings.live:
@@ -149,15 +150,15 @@ class StudioState(QObject):
         """Encode a camera frame or photo into a new identity (reported by `identity_changed`)."""
         gen = self.client.encode(frame, name=name)
         self._encodes.add(gen)
-        self.encoding_changed.emit(True)
-        self.status_message.emit("Encoding the face…")
+        emit(self.encoding_changed, True)
+        emit(self.status_message, "Encoding the face…")
         return gen
 
     def capture_burst(self, frames: list[np.ndarray], name: str = "") -> int:
         gen = self.client.encode_burst(frames, name=name)
         self._encodes.add(gen)
-        self.encoding_changed.emit(True)
-        self.status_message.emit(f"Encoding a burst of {len(frames)} frames…")
+        emit(self.encoding_changed, True)
+        emit(self.status_message, f"Encoding a burst of {len(frames)} frames…")
         return gen
 
     def mix(self, a_id: str, b_id: str, t: float, *, persist: bool = True) -> IdentityEntry | None:
@@ -171,20 +172,20 @@ class StudioState(QObject):
     def _on_identity(self, gen: int, identity: Identity) -> None:
         self._finish_encode(gen)
         entry = self.library.add(identity)
-        self.status_message.emit(f"Captured {entry.identity.name}.")
+        emit(self.status_message, f"Captured {entry.identity.name}.")
         self._set_identity(entry)
 
     def _on_burst(self, gen: int, burst: Any) -> None:
         self._finish_encode(gen)
         entry = self.library.add(burst.identity)
         dropped = len(burst.dropped)
-        self.status_message.emit(f"Captured {entry.identity.name} from {burst.used} frames"
+        emit(self.status_message, f"Captured {entry.identity.name} from {burst.used} frames"
                                  + (f" ({dropped} dropped)." if dropped else "."))
         self._set_identity(entry)
 
     def _finish_encode(self, gen: int) -> None:
         self._encodes.discard(gen)
-        self.encoding_changed.emit(bool(self._encodes))
+        emit(self.encoding_changed, bool(self._encodes))
 
     # -- generation -----------------------------------------------------------------------------
     def current_request(self, *, live: bool = False) -> GenerateRequest:
@@ -201,14 +202,14 @@ class StudioState(QObject):
             self.generation.blockSignals(True)
             self.generation.new_seed()
             self.generation.blockSignals(False)
-            self.generation.changed.emit(self.generation.settings, "seed")
+            emit(self.generation.changed, self.generation.settings, "seed")
         return self._send_render(live=False)
 
     def _send_render(self, *, live: bool) -> int:
         try:
             request = self.current_request(live=live)
         except Exception as exc:
-            self.error.emit(FailureInfo.from_exception("settings", exc))
+            emit(self.error, FailureInfo.from_exception("settings", exc))
             return 0
         face = self.identity.identity.aligned_face if self.identity else None
         gen = self.client.submit_render(request, live=live, identity_face=face)
@@ -248,7 +249,7 @@ class StudioState(QObject):
             self._newest_preview = self.client.submit_preview(self.identity.identity.wplus, self.edits.state)
 
     # -- results --------------------------------------------------------------------------------
-    def _on_result(self, gen: int, result: Result, live: bool) -> None:
+    def _on_result(self, gen: int, result: Result, live: int) -> None:
         if gen <= self._newest_shown:
             self.stale_dropped += 1
             log.debug("dropping stale result %d (showing %d)", gen, self._newest_shown)
@@ -259,11 +260,11 @@ class StudioState(QObject):
         entries = [HistoryEntry(gen, result, i, thumbnail(img, 96), ident_id) for i, img in enumerate(result.images)]
         if not live:
             self.history.extend(entries)
-            self.history_changed.emit()
+            emit(self.history_changed)
         self._show(entries[0] if entries else None)
         if gen >= self._newest_render:
-            self.progress_changed.emit(None)
-        self.timings_changed.emit(dict(result.timings))
+            emit(self.progress_changed, None)
+        emit(self.timings_changed, dict(result.timings))
 
     def _show(self, entry: HistoryEntry | None) -> None:
         if self.shown is not None and entry is not None and self.shown.result is not entry.result:
@@ -271,9 +272,9 @@ class StudioState(QObject):
         self.shown = entry
         if self.showing_b:
             self.showing_b = False
-            self.ab_changed.emit(False)
-        self.result_shown.emit(entry)
-        self.likeness_changed.emit(entry.likeness[0] if entry and entry.likeness else None)
+            emit(self.ab_changed, False)
+        emit(self.result_shown, entry)
+        emit(self.likeness_changed, entry.likeness[0] if entry and entry.likeness else None)
 
     def show_history(self, index: int, *, restore: bool = True) -> None:
         """Show a history entry and (by default) restore its full state."""
@@ -289,49 +290,50 @@ class StudioState(QObject):
         if self.previous is None:
             return
         self.showing_b = (not self.showing_b) if show_b is None else show_b
-        self.result_shown.emit(self.previous if self.showing_b else self.shown)
-        self.ab_changed.emit(self.showing_b)
+        emit(self.result_shown, self.previous if self.showing_b else self.shown)
+        emit(self.ab_changed, self.showing_b)
 
     def _on_progress(self, gen: int, p: Progress) -> None:
         if gen < self._newest_render:
             return
-        self.progress_changed.emit(p)
+        emit(self.progress_changed, p)
         if p.preview is not None:
-            self.step_preview.emit(p.preview)
+            emit(self.step_preview, p.preview)
 
     def _on_cancelled(self, gen: int) -> None:
         if gen >= self._newest_render:
-            self.progress_changed.emit(None)
-            self.status_message.emit("Cancelled.")
+            emit(self.progress_changed, None)
+            emit(self.status_message, "Cancelled.")
 
-    def _on_busy(self, busy: bool) -> None:
-        self.busy_changed.emit(busy)
+    def _on_busy(self, busy: int) -> None:
+        busy = bool(busy)
+        emit(self.busy_changed, busy)
         if not busy:
-            self.progress_changed.emit(None)
+            emit(self.progress_changed, None)
 
     def _on_failed(self, gen: int, info: FailureInfo) -> None:
         if gen in self._encodes:
             self._finish_encode(gen)
-        self.error.emit(info)
+        emit(self.error, info)
 
     def _on_face_preview(self, gen: int, image: np.ndarray) -> None:
         if gen >= self._newest_preview:
-            self.face_preview_changed.emit(image)
+            emit(self.face_preview_changed, image)
 
     def _on_likeness(self, gen: int, value: float) -> None:
         for e in self.history:
             if e.gen == gen and not e.likeness:
                 e.likeness.append(value)
         if self.shown is not None and self.shown.gen == gen:
-            self.likeness_changed.emit(value)
+            emit(self.likeness_changed, value)
 
     def _on_models(self, states: Any) -> None:
         self.model_states = states
-        self.models_changed.emit(states)
+        emit(self.models_changed, states)
 
     def _on_catalog(self, catalog: tuple) -> None:
         self.catalog = catalog
-        self.catalog_changed.emit(catalog)
+        emit(self.catalog_changed, catalog)
 
     # -- restore and save -----------------------------------------------------------------------
     def restore_request(self, request: GenerateRequest, *, seed: int | None = None, source: str = "") -> None:
@@ -344,7 +346,7 @@ class StudioState(QObject):
         self.generation.blockSignals(True)
         self.generation.set_all(settings)
         self.generation.blockSignals(False)
-        self.generation.changed.emit(settings, "*restore")
+        emit(self.generation.changed, settings, "*restore")
         if request.wplus is not None:
             entry = self.library.find_wplus(request.wplus)
             if entry is None:
@@ -352,13 +354,13 @@ class StudioState(QObject):
                                                   wplus=request.wplus, source=source or "restored"), persist=False)
             if self.identity is None or entry.identity.id != self.identity.identity.id:
                 self.identity = entry
-                self.identity_changed.emit(entry)
+                emit(self.identity_changed, entry)
         # Edits last so the preview follows the restored identity.
         self.edits.set_state(request.edits)
         if self.identity is not None:
             self._newest_preview = self.client.submit_preview(self.identity.identity.wplus, self.edits.state)
         if source:
-            self.status_message.emit(f"Restored the settings of {Path(source).name}.")
+            emit(self.status_message, f"Restored the settings of {Path(source).name}.")
 
     def save_shown(self, path: str | Path) -> bool:
         entry = self.shown

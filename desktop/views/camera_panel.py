@@ -10,6 +10,7 @@ from PySide6.QtWidgets import QComboBox, QHBoxLayout, QLabel, QPushButton, QTool
 from desktop.camera.controller import CameraController, FaceAnalysis
 from desktop.camera.sources import SourceChoice
 from desktop.imaging import rgb_to_qimage
+from desktop.qtcompat import emit
 from desktop.views.widgets import ImageView
 
 
@@ -53,7 +54,7 @@ class SourcePicker(QComboBox):
     about_to_show = Signal()
 
     def showPopup(self) -> None:
-        self.about_to_show.emit()
+        emit(self.about_to_show)
         super().showPopup()
 
 
@@ -138,13 +139,13 @@ class CameraPanel(QWidget):
 
     def _on_pick(self, _i: int) -> None:
         if self.toggle.isChecked():
-            self.source_chosen.emit(self.current_spec())
+            emit(self.source_chosen, self.current_spec())
 
     def _on_toggle(self, on: bool) -> None:
         if on:
-            self.source_chosen.emit(self.current_spec())
+            emit(self.source_chosen, self.current_spec())
         else:
-            self.stop_requested.emit()
+            emit(self.stop_requested)
 
     def _on_state(self, state: str) -> None:
         running = state == "running"

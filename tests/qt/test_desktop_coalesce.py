@@ -94,3 +94,24 @@ def test_mailbox_take_nowait_filters_channels_and_close_is_a_sentinel():
     assert box.take() is CLOSED
     with pytest.raises(RuntimeError):
         box.send("late")
+
+
+def test_qtcompat_emit_keeps_the_refcount_of_true_balanced(qapp):
+    """PySide6 6.12 + CPython 3.11 drop a reference to True per `emit()`; desktop.qtcompat.emit fixes it."""
+    import sys
+
+    from PySide6.QtCore import QObject, Signal
+
+    from desktop.qtcompat import emit
+
+    class Emitter(QObject):
+        ping = Signal(int)
+
+    e = Emitter()
+    got: list[int] = []
+    e.ping.connect(got.append)
+    before = sys.getrefcount(True)
+    for i in range(3000):
+        emit(e.ping, i)
+    assert len(got) == 3000
+    assert sys.getrefcount(True) >= before - 5  # without the fix: before - 3000

@@ -83,7 +83,7 @@ def test_a_stale_result_never_replaces_a_newer_one(qtbot, make_app):
     qtbot.waitUntil(lambda: app.studio.shown.gen == g2, timeout=5000)
     newer = app.studio.shown
     # an older generation delivered late (as a live job that was allowed to finish would be)
-    app.client.result_ready.emit(g1, old_result, False)
+    app.client.result_ready.emit(g1, old_result, 0)
     qtbot.waitUntil(lambda: app.studio.stale_dropped == 1, timeout=3000)
     assert app.studio.shown is newer
     assert _shown_marker(app) == (request_marker(newer.request)[0], 9)
