@@ -1,0 +1,156 @@
+"""CPU benchmark of the generation pipeline (issues 2 and 6): ratios, not absolute speed claims.
+
+Measures, on tiny real models built in code (no weights needed):
+
+1. pipeline time per denoising step vs. a bare UNet call with the same inputs (batch 2 = CFG), as a ratio:
+   the pipeline's own overhead (scheduler, guidance, runner protocol);
+2. the step-cache speedup of a slider re-render at the official settings (30 steps, start ratio 20 →
+   W+ off for steps 0..6): uncached render vs. re-render after a scale change (ideal 30/23 ≈ 1.30 for the
+   denoising part);
+3. with --full: full-size SD1.5 UNet (shipped config, random weights of the right shapes — timing only) build
+   and one forward at batch 2, 64×64 latents, 81 tokens, with the W+ processors installed.
+
+Usage: python bench/cpu.py [--threads 2] [--size 128] [--full]
+"""
+
+from __future__ import annotations
+
+import argparse
+import platform
+import statistics
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+
+
+def _median_time(fn, repeat: int) -> float:
+    times = []
+    for _ in range(repeat):
+        t = time.perf_counter()
+        fn()
+        times.append(time.perf_counter() - t)
+    return statistics.median(times)
+
+
+def bench_tiny(size: int, rows: list[tuple[str, str]]) -> None:
+    import torch
+
+    from engine.api import GenerateRequest
+    from engine.pipeline.generate import WPlusPipeline
+    from engine.testing.tiny import tiny_wplus, write_tiny_models
+
+    with tempfile.TemporaryDirectory() as tmp:
+        t = time.perf_counter()
+        root = write_tiny_models(Path(tmp) / "models")
+        rows.append(("tiny models: write (unet, vae, clip, adapter)", f"{time.perf_counter() - t:.2f} s"))
+        t = time.perf_counter()
+        pipe = WPlusPipeline.from_files(root / "sd15", root / "wplus_adapter.bin", device="cpu", dtype="float32")
+        rows.append(("tiny models: load + install adapter", f"{time.perf_counter() - t:.2f} s"))
+
+    unet = pipe.runners.get("unet")
+    h = size // 8
+    x = torch.randn(2, 4, h, h)
+    ts = torch.tensor([500.0, 500.0])
+    text = torch.randn(2, 77, 768)
+    tok = torch.randn(2, 4, 768)
+    for _ in range(3):
+        unet(sample=x, timestep=ts, text_embeds=text, wplus_tokens=tok, wplus_scale=1.0)
+    bare = _median_time(lambda: unet(sample=x, timestep=ts, text_embeds=text, wplus_tokens=tok, wplus_scale=1.0), 20)
+    bare0 = _median_time(lambda: unet(sample=x, timestep=ts, text_embeds=text, wplus_tokens=tok, wplus_scale=0.0), 20)
+
+    steps = 30
+    req = GenerateRequest(steps=steps, start_ratio=0.0, width=size, height=size, wplus=tiny_wplus(1), seed=1)
+    pipe.render_float(req)  # warm the text/token caches
+    per_step = []
+    for _ in range(3):
+        pipe.step_cache.clear()
+        _, _, tm = pipe.render_float(req)
+        per_step.append(tm["denoise_s"] / steps)
+    per_step_s = statistics.median(per_step)
+    rows.append((f"tiny UNet call, batch 2, {size}² px, W+ scale 1", f"{bare * 1e3:.2f} ms"))
+    rows.append((f"tiny UNet call, batch 2, {size}² px, W+ scale 0 (branch skipped)", f"{bare0 * 1e3:.2f} ms"))
+    rows.append(("pipeline time per step (euler, CFG)", f"{per_step_s * 1e3:.2f} ms"))
+    rows.append(("pipeline step / bare UNet call", f"{per_step_s / bare:.3f}×"))
+
+    official = GenerateRequest(steps=30, start_ratio=20.0, width=size, height=size, wplus=tiny_wplus(1), seed=2)
+    uncached, cached, den_u, den_c = [], [], [], []
+    for i in range(5):
+        pipe.step_cache.clear()
+        t = time.perf_counter()
+        _, _, tm = pipe.render_float(official.replace(scale=1.0))
+        uncached.append(time.perf_counter() - t)
+        den_u.append(tm["denoise_s"])
+        t = time.perf_counter()
+        _, _, tm = pipe.render_float(official.replace(scale=0.9 - 0.1 * i))  # a slider move
+        cached.append(time.perf_counter() - t)
+        den_c.append(tm["denoise_s"])
+        assert tm["steps_cached"] == 7, tm
+    u, c = statistics.median(uncached), statistics.median(cached)
+    rows.append(("slider re-render, 30 steps ratio 20: uncached", f"{u:.3f} s"))
+    rows.append(("slider re-render, 30 steps ratio 20: from step cache", f"{c:.3f} s"))
+    rows.append(("step-cache speedup, whole render (incl. VAE decode)", f"{u / c:.3f}×"))
+    rows.append(("step-cache speedup, denoising only (ideal 30/23 = 1.304)",
+                 f"{statistics.median(den_u) / statistics.median(den_c):.3f}×"))
+
+
+def bench_full(rows: list[tuple[str, str]]) -> None:
+    import torch
+
+    from engine.networks.sd15 import _load_json, _unet_factory, default_config_dir
+    from engine.networks.wplus import WPlusUNet, install_wplus_processors
+
+    t = time.perf_counter()
+    with torch.device("meta"):
+        unet = _unet_factory(_load_json(default_config_dir() / "unet" / "config.json"))()
+    unet = unet.to_empty(device="cpu")
+    gen = torch.Generator().manual_seed(0)
+    with torch.no_grad():
+        for p in unet.parameters():
+            fan_in = max(1, p[0].numel()) if p.ndim > 1 else 1
+            p.copy_(torch.randn(p.shape, generator=gen) / fan_in**0.5 if p.ndim > 1 else torch.zeros(p.shape))
+    unet.eval()
+    install_wplus_processors(unet)
+    model = WPlusUNet(unet).eval()
+    rows.append(("full-size UNet: build (meta + random fill) + W+ processors", f"{time.perf_counter() - t:.1f} s"))
+    x = torch.randn(2, 4, 64, 64)
+    ts = torch.tensor([500.0, 500.0])
+    text = torch.randn(2, 77, 768)
+    tok = torch.randn(2, 4, 768)
+    with torch.no_grad():
+        for scale in (0.0, 1.0):
+            t = time.perf_counter()
+            model(x, ts, text, tok, scale)
+            rows.append((f"full-size UNet forward, batch 2, 512² px, W+ scale {scale:g}",
+                         f"{time.perf_counter() - t:.2f} s"))
+
+
+def main(argv: list[str] | None = None) -> int:
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--threads", type=int, default=2)
+    ap.add_argument("--size", type=int, default=128, help="tiny-model image size in pixels (multiple of 16)")
+    ap.add_argument("--full", action="store_true", help="also build and run the full-size UNet (≈4 GB RAM)")
+    args = ap.parse_args(argv)
+
+    import torch
+
+    torch.set_num_threads(args.threads)
+    rows: list[tuple[str, str]] = [
+        ("machine", f"{platform.processor() or platform.machine()}, {args.threads} torch threads"),
+        ("torch", torch.__version__),
+    ]
+    bench_tiny(args.size, rows)
+    if args.full:
+        bench_full(rows)
+    width = max(len(k) for k, _ in rows)
+    print(f"{'measure':<{width}}  value")
+    print(f"{'-' * width}  -----")
+    for k, v in rows:
+        print(f"{k:<{width}}  {v}")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
