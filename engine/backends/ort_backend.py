@@ -28,7 +28,7 @@ from engine.backends.artifacts import (
     read_artifact,
 )
 from engine.backends.base import IO_SPEC, ComponentSpec, Runner
-from engine.backends.profiles import check_shapes, output_shape
+from engine.backends.profiles import check_shapes, coerce_inputs, output_shape
 from engine.errors import (
     BackendUnavailable,
     EngineMismatch,
@@ -127,6 +127,7 @@ class OrtRunner:
         """
         import torch
 
+        inputs = coerce_inputs(self.spec, inputs)
         shapes = {k: tuple(v.shape) for k, v in inputs.items()}
         dims = check_shapes(self.spec, shapes, self.info.profile, artifact=self.path.name)
         feeds = {t.name: self._prepare(t.name, inputs[t.name]) for t in self.spec.inputs}

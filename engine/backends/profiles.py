@@ -247,3 +247,32 @@ def _describe_value(base: str, v: int) -> str:
 
 def _label(base: str) -> str:
     return {"B": "batch", "R": "resolution"}.get(base, base)
+
+
+def coerce_inputs(component: ComponentSpec, inputs: Mapping[str, object]) -> dict[str, object]:
+    """Turn Python numbers and 0-d tensors into the spec's shapes, as the torch backend accepts them.
+
+    The pipeline passes `wplus_scale` as a Python float (0.0 during delayed conditioning) and may pass
+    a scalar timestep; exported graphs take (1,) and (B,) tensors. A scalar for a (B,) input is
+    expanded to the batch of the other inputs.
+    """
+    import torch
+
+    out: dict[str, object] = dict(inputs)
+    batch = None
+    for t in component.inputs:
+        v = inputs.get(t.name)
+        if isinstance(v, torch.Tensor) and v.ndim == len(t.dims) and t.dims and t.dims[0] == "B" and v.ndim > 1:
+            batch = int(v.shape[0])
+            break
+    for t in component.inputs:
+        v = inputs.get(t.name)
+        if v is None:
+            continue
+        if not isinstance(v, torch.Tensor):
+            v = torch.as_tensor(v, dtype=torch.int64 if t.dtype == "int64" else torch.float32)
+        if v.ndim == 0 and len(t.dims) == 1:
+            n = batch if (t.dims[0] == "B" and batch is not None) else (t.dims[0] if isinstance(t.dims[0], int) else 1)
+            v = v.reshape(1).expand(n)
+        out[t.name] = v
+    return out

@@ -10,9 +10,10 @@ from __future__ import annotations
 
 import importlib.metadata
 import importlib.util
-from collections.abc import Iterable
+from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Any
 
 BACKENDS = ("torch", "onnxruntime", "tensorrt")
 _ORT_CPU = "onnxruntime"
@@ -279,3 +280,70 @@ def choose(
     from engine.errors import BackendUnavailable
 
     raise BackendUnavailable("No backend can run here. " + " ".join(reasons), "Install PyTorch (pip install torch).")
+
+
+# Components the generation pipeline calls; opened eagerly so a damaged or stale export is found at
+# load time (and fallen back from), not in the middle of a render.
+PIPELINE_COMPONENTS = ("text_encoder", "unet", "vae_decoder", "identity_proj")
+
+
+def onnx_dir_for(config: Any) -> Path:
+    """Where the app looks for ONNX exports: `<models>/onnx`."""
+    return Path(config.models_dir) / "onnx"
+
+
+def engine_cache_for(config: Any) -> Path:
+    """Where TensorRT engines are kept: `<cache_dir or models>/engines`."""
+    return Path(config.cache_dir or config.models_dir) / "engines"
+
+
+def open_runners(
+    config: Any,
+    torch_runners: Callable[[], Any],
+    *,
+    report: BackendReport | None = None,
+    components: Sequence[str] = PIPELINE_COMPONENTS,
+    allow_build: bool = False,
+    progress: Callable[[str, float], None] | None = None,
+) -> tuple[Any, BackendChoice]:
+    """Runners of the configured backend, falling back (and saying why) when it cannot open.
+
+    Args:
+        config: an EngineConfig (backend, device, models_dir, cache_dir).
+        torch_runners: builds the torch runners (loads the PyTorch models); called only when torch
+            runs, or as the fallback for components without an export.
+        report: a `probe()` result (probed now if None).
+        components: opened eagerly to find damaged/stale exports now.
+        allow_build: let TensorRT build missing engines now (minutes); otherwise a missing engine is
+            a reason to fall back.
+        progress: TensorRT build progress.
+
+    Returns:
+        (runners, the choice with every fallback reason).
+    """
+    from engine.errors import EngineError
+
+    choice = choose(config.backend or "auto", report, device=config.device or "auto", onnx_dir=onnx_dir_for(config))
+    reasons = list(choice.fallback_reasons)
+    order = [b for b in ("tensorrt", "onnxruntime", "torch") if BACKENDS.index(b) <= BACKENDS.index(choice.backend)]
+    for name in order:
+        if name == "torch":
+            return torch_runners(), BackendChoice(choice.requested, "torch", choice.device, tuple(reasons),
+                                                  choice.report)
+        try:
+            if name == "tensorrt":
+                from engine.backends.trt_backend import TrtRunners
+
+                runners: Any = TrtRunners(onnx_dir_for(config), engine_cache_for(config), device=choice.device,
+                                          allow_build=allow_build, progress=progress)
+            else:
+                from engine.backends.ort_backend import OrtRunners
+
+                runners = OrtRunners(onnx_dir_for(config), choice.device)
+            for c in components:
+                runners.get(c)
+        except EngineError as exc:
+            reasons.append(f"{name} could not open the exported models: {exc.user_message}")
+            continue
+        return runners, BackendChoice(choice.requested, name, choice.device, tuple(reasons), choice.report)
+    raise AssertionError("unreachable: torch is always last")

@@ -15,7 +15,7 @@ from pathlib import Path
 from typing import Any
 
 from engine.backends.base import IO_SPEC, ComponentSpec, Runner
-from engine.backends.profiles import ShapeProfile, check_shapes, output_shape
+from engine.backends.profiles import ShapeProfile, check_shapes, coerce_inputs, output_shape
 from engine.backends.trt_build import REBUILD_HINT, EngineCache, GpuInfo, ensure_engine, tensorrt_module
 from engine.errors import EngineMismatch, ModelCorrupt
 
@@ -86,6 +86,7 @@ class TrtRunner:
         """
         import torch
 
+        inputs = coerce_inputs(self.spec, inputs)
         dims = check_shapes(self.spec, {k: tuple(v.shape) for k, v in inputs.items()}, self.profile,
                             artifact=self.path.name)
         caller = torch.cuda.current_stream(self.device)
@@ -125,7 +126,8 @@ class TrtRunners:
     Args:
         onnx_dir: the folder with the ONNX exports (`<component>.onnx`).
         cache_dir: where engines are kept.
-        profile: the optimization profile for the UNet and VAE (fixed-size components use it for B).
+        profile: the optimization profile (None: each component's ONNX export profile, which an
+            engine cannot exceed anyway).
         precision: "fp16" (default) or "fp32".
         allow_build: build missing or stale engines (minutes each); False refuses them.
         fallback: runners for components that have no ONNX export.
@@ -134,8 +136,8 @@ class TrtRunners:
 
     backend = "tensorrt"
 
-    def __init__(self, onnx_dir: str | os.PathLike[str], cache_dir: str | os.PathLike[str], profile: ShapeProfile,
-                 *, precision: str = "fp16", device: str = "cuda", allow_build: bool = True,
+    def __init__(self, onnx_dir: str | os.PathLike[str], cache_dir: str | os.PathLike[str],
+                 profile: ShapeProfile | None = None, *, precision: str = "fp16", device: str = "cuda", allow_build: bool = True,
                  fallback: Any = None, progress: Any = None) -> None:
         import torch
 
@@ -163,13 +165,15 @@ class TrtRunners:
         if not onnx.is_file() and self.fallback is not None:
             runner = self.fallback.get(component)
         else:
+            from engine.backends.artifacts import read_artifact
             from engine.backends.trt_build import engine_key
 
-            key = engine_key(onnx, component, self.precision, self.profile, gpu=self.gpu)
-            plan, reasons = ensure_engine(self.cache, onnx, component, self.profile, precision=self.precision,
+            profile = self.profile or read_artifact(onnx, component).profile
+            key = engine_key(onnx, component, self.precision, profile, gpu=self.gpu)
+            plan, reasons = ensure_engine(self.cache, onnx, component, profile, precision=self.precision,
                                           allow_build=self.allow_build, progress=self.progress, key=key)
             self.notes.extend(f"rebuilt {component}: {r}" for r in reasons)
-            runner = TrtRunner(IO_SPEC[component], plan, self.profile, self.device)
+            runner = TrtRunner(IO_SPEC[component], plan, profile, self.device)
         self._runners[component] = runner
         return runner
 

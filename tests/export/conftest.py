@@ -19,32 +19,34 @@ class TinyModels:
     text_encoder: Any
     wproj: Any
     parser: Any
+    components: Any  # the SD15Components the first four come from
     models_dir: Path
 
 
 @pytest.fixture(scope="session")
 def tiny_models(tmp_path_factory) -> TinyModels:
+    """engine.testing.tiny's SD1.5 + adapter, loaded through the app's own loaders, and a slim ParseNet."""
     import torch
-    from diffusers import UNet2DConditionModel
 
     from engine.networks.parsenet import ParseNet
+    from engine.networks.sd15 import load_sd15
     from engine.networks.wplus import load_wplus_adapter
-    from engine.testing.tiny import build_tiny_modules, write_tiny_models
+    from engine.testing.tiny import write_tiny_models
 
     root = tmp_path_factory.mktemp("tiny_models")
     write_tiny_models(root)
-    unet = UNet2DConditionModel.from_pretrained(str(root / "sd15" / "unet"), local_files_only=True).eval()
-    wproj = load_wplus_adapter(unet, root / "wplus_adapter.bin")
-    _unet, vae, text_encoder = build_tiny_modules()
-    torch.manual_seed(3)
-    # ParseNet at the real 512×512 input but 8–16 channels and one residual block.
-    parser = ParseNet(base_ch=8, res_depth=1, ch_range=(8, 16)).eval()
-    with torch.no_grad():
-        for m in parser.modules():
-            if isinstance(m, torch.nn.BatchNorm2d):
-                m.running_mean.normal_(0, 0.1)
-                m.running_var.uniform_(0.8, 1.2)
-    return TinyModels(unet, vae, text_encoder, wproj, parser, root)
+    comps = load_sd15(root / "sd15")
+    wproj = load_wplus_adapter(comps.unet, root / "wplus_adapter.bin")
+    with torch.random.fork_rng(devices=[]):
+        torch.manual_seed(3)
+        # ParseNet at the real 512×512 input but 8–16 channels and one residual block.
+        parser = ParseNet(base_ch=8, res_depth=1, ch_range=(8, 16)).eval()
+        with torch.no_grad():
+            for m in parser.modules():
+                if isinstance(m, torch.nn.BatchNorm2d):
+                    m.running_mean.normal_(0, 0.1)
+                    m.running_var.uniform_(0.8, 1.2)
+    return TinyModels(comps.unet, comps.vae, comps.text_encoder, wproj, parser, comps, root)
 
 
 @pytest.fixture(scope="session")

@@ -87,7 +87,7 @@ def test_cache_store_lookup_and_refuse_foreign_engine(tmp_path):
     with pytest.raises(EngineMismatch, match=r"cannot be used here: it was built on NVIDIA GeForce RTX 4090") as err:
         cache.check(plan, here)
     assert "python -m export trt" in err.value.hint
-    with pytest.raises(EngineMismatch, match="built with TensorRT 10.7.0; TensorRT 10.8.0 is installed"):
+    with pytest.raises(EngineMismatch, match=r"built with TensorRT 10\.7\.0; TensorRT 10\.8\.0 is installed"):
         cache.check(plan, _key(trt_version="10.8.0"))
     assert any("RTX 4090" in r for r in cache.stale_reasons(here))
 
