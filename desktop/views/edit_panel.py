@@ -75,7 +75,8 @@ class EditPanel(QWidget):
         self.empty.setVisible(not catalog)
         self._body_layout.addWidget(self.empty)
         for name in order:
-            box = QGroupBox(name.title() if name.islower() else name)
+            title = name[:1].upper() + name[1:]
+            box = QGroupBox(title.replace("&", "&&"))  # a single & would become a mnemonic
             box_lay = QVBoxLayout(box)
             box_lay.setSpacing(2)
             for spec in groups[name]:

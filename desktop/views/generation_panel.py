@@ -78,7 +78,7 @@ class GenerationPanel(QWidget):
         self.start = FloatSlider("Delay %", 0.0, 100.0, 1.0, 20.0, lambda v: f"{v:.0f}%",
                                  "Delayed subject conditioning: the identity joins after this share of the "
                                  "steps (official 20%; capped at step 30)")
-        self.live = QCheckBox("Live")
+        self.live = QCheckBox("While dragging")
         self.live.setToolTip("Re-render while sliders move (fewer steps), full quality on release (Ctrl+L)")
         self.live_steps = QSpinBox()
         self.live_steps.setRange(1, 50)
@@ -104,6 +104,7 @@ class GenerationPanel(QWidget):
         size_row.addWidget(self.n)
         live_row = QHBoxLayout()
         live_row.addWidget(self.live)
+        live_row.addSpacing(8)
         live_row.addWidget(QLabel("steps"))
         live_row.addWidget(self.live_steps)
         live_row.addStretch(1)

@@ -133,6 +133,8 @@ class IdentityPanel(QWidget):
                 combo.addItem(e.identity.name, e.identity.id)
             i = combo.findData(keep)
             combo.setCurrentIndex(i if i >= 0 else min(default, combo.count() - 1))
+        if self.mix_a.count() >= 2 and self.mix_a.currentIndex() == self.mix_b.currentIndex():
+            self.mix_b.setCurrentIndex(1 if self.mix_a.currentIndex() == 0 else 0)
         self.mix_button.setEnabled(len(entries) >= 2)
 
     def show_identity(self, entry: IdentityEntry | None) -> None:

@@ -214,7 +214,10 @@ class MainWindow(QMainWindow):
         self.status_memory = QLabel("")
         self.status_timing = QLabel("")
         self.status_state = QLabel("Starting the engine…")
-        for w in (self.status_device, self.status_memory, self.status_timing):
+        self.status_models = QLabel("")
+        self.status_models.setObjectName("statusWarn")
+        self.status_models.setToolTip("Models ▸ Models… says what is missing and how to get it")
+        for w in (self.status_models, self.status_device, self.status_memory, self.status_timing):
             w.setObjectName("statusField")
             sb.addPermanentWidget(w)
         sb.addWidget(self.status_state, 1)
@@ -419,6 +422,8 @@ class MainWindow(QMainWindow):
 
     # -- results --------------------------------------------------------------------------------
     def _on_result_shown(self, entry) -> None:
+        if entry is not None:
+            self.result_view.show_guidance(False)  # results win over the models guidance
         self.result_view.show_entry(entry)
         self.result_view.ab_button.setEnabled(self.studio.previous is not None)
         self.act_save.setEnabled(entry is not None)
@@ -431,8 +436,7 @@ class MainWindow(QMainWindow):
 
     def _on_busy(self, busy: bool) -> None:
         self.generation_panel.set_busy(busy)
-        if busy:
-            self.status_state.setText("Generating…")
+        self.status_state.setText("Generating…" if busy else "Ready.")
 
     def _on_edit_history(self) -> None:
         self.act_undo.setEnabled(self.studio.edits.can_undo)
@@ -474,7 +478,8 @@ class MainWindow(QMainWindow):
         else:
             missing, problem = [], f"The models could not be checked: {states}"
         self.result_view.guidance.set_missing(str(self.paths.models_dir), missing, problem)
-        self.result_view.show_guidance(not ok)
+        self.result_view.show_guidance(not ok and self.studio.shown is None)
+        self.status_models.setText("" if ok else f"⚠ {len(missing) or 'some'} model(s) missing")
         if not ok:
             self.status_state.setText("Models missing — see Models ▸ Models…")
         if self._models_dialog is not None:
@@ -516,10 +521,12 @@ class MainWindow(QMainWindow):
         self.status_memory.setText("" if mb is None else f"RAM {mb:,.0f} MB")
 
     def _on_timings(self, timings) -> None:
-        if not timings:
+        secs = {k.removesuffix("_s"): float(v) for k, v in timings.items()
+                if k.endswith("_s") or k in ("total", "unet", "decode")}
+        if not secs:
             return
-        total = timings.get("total", sum(timings.values()))
-        parts = " · ".join(f"{k} {v:.2f}s" for k, v in list(timings.items())[:3] if k != "total")
+        total = secs.pop("total", sum(secs.values()))
+        parts = " · ".join(f"{k} {v:.2f}s" for k, v in list(secs.items())[:3])
         self.status_timing.setText(f"Last {total:.2f} s" + (f" ({parts})" if parts else ""))
 
     def show_licence(self) -> None:

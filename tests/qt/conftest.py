@@ -19,7 +19,8 @@ def make_app(qtbot, tmp_path: Path) -> Iterator[Callable[..., object]]:
     apps: list = []
 
     def build(session: FakeSession | None = None, *, consent: bool = True, show: bool = True,
-              metadata: object = None, **options) -> StudioApp:
+              metadata: object = None, factory: Callable | None = None, ready_timeout: int = 5000,
+              **options) -> StudioApp:
         session = session or FakeSession()
         settings_path = tmp_path / "settings.ini"
         if consent:
@@ -29,7 +30,7 @@ def make_app(qtbot, tmp_path: Path) -> Iterator[Callable[..., object]]:
             s.setValue("consent/accepted", "true")
             s.sync()
         opts = AppOptions(models_dir=tmp_path / "models", settings_path=settings_path, log_dir=tmp_path / "logs",
-                          data_dir=tmp_path / "data", session_factory=lambda _cfg: session,
+                          data_dir=tmp_path / "data", session_factory=factory or (lambda _cfg: session),
                           metadata=metadata or metadata_module(), **options)
         app = StudioApp(opts)
         app.fake = session
@@ -38,9 +39,9 @@ def make_app(qtbot, tmp_path: Path) -> Iterator[Callable[..., object]]:
         if show:
             app.window.show()
             qtbot.waitExposed(app.window)
-        if opts.start_engine:
+        if opts.start_engine and factory is None:
             qtbot.waitUntil(lambda: app.studio.model_states is not None
-                            and (bool(app.studio.catalog) or not session.catalog()), timeout=5000)
+                            and (bool(app.studio.catalog) or not session.catalog()), timeout=ready_timeout)
         return app
 
     yield build
