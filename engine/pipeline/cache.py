@@ -104,7 +104,8 @@ class StepCache:
         return None if state is None else state.copy()
 
     def put(self, key: StepKey, state: StepState) -> None:
-        self._lru.put(key, state.copy())
+        if self._lru.capacity:
+            self._lru.put(key, state.copy())
 
     def clear(self) -> None:
         self._lru.clear()

@@ -289,8 +289,10 @@ class WPlusPipeline:
         with torch.no_grad():
             cond_text, w1 = self.encode_text(request.prompt)
             uncond_text, w2 = self.encode_text(request.negative_prompt)
-            warnings = tuple(w.replace("The prompt", "The negative prompt", 1) if w is w2 else w
-                             for w in (w1, w2) if w)
+            found = [w1] if w1 else []
+            if w2:
+                found.append(w2.replace("The prompt", "The negative prompt", 1))
+            warnings = tuple(found)
             uncond_tok = self.uncond_tokens()
             cond_tok = self.identity_tokens(wplus) if wplus is not None else uncond_tok
             t_cond = time.perf_counter()
@@ -379,7 +381,7 @@ class WPlusPipeline:
         steps = request.steps
         prefix_end = min(request.start_step, steps - 1)
         key = self._step_key(request, seed, prefix_end)
-        state = self.step_cache.get(key) if self.step_cache is not None else None
+        state = self.step_cache.get(key)
         if state is not None:
             sched, latents = state.scheduler, state.latents
             gen = torch.Generator(device="cpu")
@@ -415,7 +417,7 @@ class WPlusPipeline:
             out = sched.step(noise, t, latents, **extra, return_dict=True)
             latents = out.prev_sample
             stats["steps_run"] += 1
-            if i == prefix_end and self.step_cache is not None:
+            if i == prefix_end:
                 self.step_cache.put(key, StepState(i, latents, sched, gen.get_state()))
             if progress is not None:
                 x0 = getattr(out, "pred_original_sample", None)

@@ -233,3 +233,16 @@ def test_non_square_sizes_multiple_of_8(pipe):
     assert res.images[0].shape == (64, 80, 3)
     with pytest.raises(InvalidInput, match="multiple of 8"):
         GenerateRequest(width=70)
+
+
+def test_tiny_session_renders_through_the_facade(tmp_path):
+    from engine.testing.tiny import tiny_session
+
+    session = tiny_session(tmp_path)
+    try:
+        req = GenerateRequest(steps=2, wplus=tiny_wplus(0), **SMALL)
+        res = session.render(req)
+        assert res.images[0].shape == (64, 64, 3)
+        assert session.render(req).images[0].tobytes() == res.images[0].tobytes()
+    finally:
+        session.close()
