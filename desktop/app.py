@@ -21,6 +21,7 @@ from PySide6.QtWidgets import QApplication
 from desktop.camera.controller import AnalyzerFactory, CameraController
 from desktop.engine_client import EngineClient, SessionFactory
 from desktop.logs import APP_NAME, default_log_dir, setup_logging
+from desktop.qtcompat import binding_leaks_references
 from desktop.viewmodel.edits import EditHistory
 from desktop.viewmodel.generation import GenerationSettings, GenerationState
 from desktop.viewmodel.identities import IdentityLibrary
@@ -50,6 +51,7 @@ class AppOptions:
     analyzer_factory: AnalyzerFactory | None = None
     source_opener: Callable[[str], Any] | None = None
     start_engine: bool = True
+    check_binding: bool = True
 
 
 def open_settings(path: Path | None) -> QSettings:
@@ -120,6 +122,14 @@ class StudioApp:
         self.window.models_apply_requested.connect(self.apply_models)
         for p in problems:
             self.window.banner.show_error(f"An identity could not be read: {p}", "It was skipped.")
+        if options.check_binding and binding_leaks_references():
+            import PySide6
+
+            log.error("PySide6 %s drops references on every call; the app will crash after a while", PySide6.__version__)
+            self.window.banner.show_error(
+                f"This Qt binding (PySide6 {PySide6.__version__}) has a reference-counting bug that crashes the app "
+                "after a while.", "Install PySide6 6.11.3: pip install \"PySide6-Essentials==6.11.3\" "
+                "\"PySide6-Addons==6.11.3\" \"shiboken6==6.11.3\"")
         self.qapp.aboutToQuit.connect(self.shutdown)
         self._shut = False
         if options.start_engine:

@@ -29,6 +29,7 @@ def make_app(qtbot, tmp_path: Path) -> Iterator[Callable[..., object]]:
             s = QSettings(str(settings_path), QSettings.Format.IniFormat)
             s.setValue("consent/accepted", "true")
             s.sync()
+        options.setdefault("check_binding", False)
         opts = AppOptions(models_dir=tmp_path / "models", settings_path=settings_path, log_dir=tmp_path / "logs",
                           data_dir=tmp_path / "data", session_factory=factory or (lambda _cfg: session),
                           metadata=metadata or metadata_module(), **options)

@@ -357,3 +357,14 @@ def test_models_state_enum_roundtrip():
     assert ModelStatus("missing") is ModelStatus.MISSING
     assert threading.current_thread() is threading.main_thread()
     assert Path(__file__).name.startswith("test_desktop_")
+
+
+def test_a_leaking_qt_binding_is_reported_at_start(qtbot, make_app, monkeypatch):
+    from desktop import qtcompat
+
+    monkeypatch.setattr("desktop.app.binding_leaks_references", lambda: True)
+    app = make_app(FakeSession(), check_binding=True)
+    assert app.window.banner.isVisible()
+    assert "reference-counting bug" in app.window.banner.message.text()
+    assert "6.11.3" in app.window.banner.hint.text()
+    assert isinstance(qtcompat.binding_leaks_references(), bool)
