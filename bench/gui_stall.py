@@ -31,10 +31,12 @@ def main() -> int:
     ap.add_argument("--step-ms", type=float, default=30.0, help="fake session: delay per denoising step")
     ap.add_argument("--tiny", action="store_true", help="real engine on tiny models instead of the fake session")
     ap.add_argument("--no-camera", action="store_true")
+    ap.add_argument("--warmup", type=float, default=3.0,
+                    help="seconds of camera streaming before measuring (the face tracker loads its models)")
     args = ap.parse_args()
 
     import numpy as np
-    from PySide6.QtCore import QElapsedTimer, Qt, QTimer  # noqa: TID251 - a GUI benchmark
+    from PySide6.QtCore import QElapsedTimer, QEventLoop, Qt, QTimer  # noqa: TID251 - a GUI benchmark
     from PySide6.QtWidgets import QApplication  # noqa: TID251 - a GUI benchmark
 
     from desktop.app import AppOptions, StudioApp
@@ -42,6 +44,12 @@ def main() -> int:
     from desktop.logs import remove_logging
 
     qapp = QApplication.instance() or QApplication([])
+
+    def run_loop(seconds: float) -> None:
+        # a local loop: quitting the application would fire aboutToQuit and shut the studio down
+        loop = QEventLoop()
+        QTimer.singleShot(int(seconds * 1000), loop.quit)
+        loop.exec()
     tmp = Path(tempfile.mkdtemp(prefix="wplus-gui-stall-"))
     if args.tiny:
         from engine.testing.tiny import tiny_config, tiny_wplus, write_tiny_models
@@ -86,8 +94,27 @@ def main() -> int:
         app.studio.generation.update(steps=30, live_steps=12)
     entry = app.library.add(Identity("", "Bench", wplus, np.full((512, 512, 3), 120, np.uint8)), persist=False)
     app.studio.select_identity(entry.identity.id)
+    warm_gaps: list[float] = []
     if not args.no_camera:
+        # The first analysis loads dlib's 68-point model (≈100 MB) on the analysis thread; dlib holds the
+        # GIL while it reads it, which stalls the GUI once. Measured separately from the steady state.
+        wclock = QElapsedTimer()
+        wclock.start()
+        wlast = [wclock.nsecsElapsed()]
+
+        def wtick() -> None:
+            now = wclock.nsecsElapsed()
+            warm_gaps.append((now - wlast[0]) / 1e6)
+            wlast[0] = now
+
+        wt = QTimer()
+        wt.setTimerType(Qt.TimerType.PreciseTimer)
+        wt.setInterval(5)
+        wt.timeout.connect(wtick)
+        wt.start()
         app.camera.start("synthetic")
+        run_loop(args.warmup)
+        wt.stop()
 
     gaps: list[float] = []
     clock = QElapsedTimer()
@@ -142,8 +169,7 @@ def main() -> int:
     heartbeat.start()
     gen_timer.start()
     drag_timer.start()
-    QTimer.singleShot(int(args.seconds * 1000), qapp.quit)
-    qapp.exec()
+    run_loop(args.seconds)
     heartbeat.stop()
     gen_timer.stop()
     drag_timer.stop()
@@ -166,6 +192,9 @@ def main() -> int:
           f"median {q[49]:.1f} ms")
     print(f"camera frames {frames} ({frames / args.seconds:.1f} fps), renders started {renders}, "
           f"results shown {shown}, face previews {previews}")
+    if warm_gaps[3:]:
+        print(f"camera start-up ({args.warmup:.0f} s warm-up, face tracker loading): worst stall "
+              f"{max(warm_gaps[3:]) - 5.0:.1f} ms")
     print("goal: worst stall < 50 ms →", "OK" if stalls[-1] < 50 else "MISSED")
     return 0
 
