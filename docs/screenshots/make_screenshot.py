@@ -24,7 +24,7 @@ sys.path.insert(0, str(REPO))
 def main() -> int:
     import numpy as np
     import skimage
-    from PySide6.QtWidgets import QApplication
+    from PySide6.QtWidgets import QApplication  # noqa: TID251 - drives the GUI
 
     from desktop.app import AppOptions, StudioApp
     from desktop.camera.sources import read_image_rgb
