@@ -28,7 +28,6 @@ import numpy as np
 from PySide6.QtCore import QObject, Signal
 
 from desktop.coalesce import CLOSED, Mailbox
-from desktop.qtcompat import emit
 from engine.api import EditState, EngineSession, GenerateRequest, Identity, ModelState, Progress
 from engine.cancel import CancelToken
 from engine.config import EngineConfig
@@ -232,7 +231,7 @@ class EngineClient(QObject):
             self._set_busy(True)
         old = self._box.put("render", job)
         if old is not None:
-            emit(self.cancelled, old.gen)
+            self.cancelled.emit(old.gen)
         return gen
 
     def submit_preview(self, wplus: np.ndarray, edits: EditState, size: int = 256) -> int:
@@ -265,7 +264,7 @@ class EngineClient(QObject):
         """Cancel the running render and drop the pending one."""
         old = self._box.clear("render") if not self._box.closed else None
         if old is not None:
-            emit(self.cancelled, old.gen)
+            self.cancelled.emit(old.gen)
         with self._lock:
             if self._inflight is not None:
                 self._inflight.token.cancel()
@@ -277,7 +276,7 @@ class EngineClient(QObject):
 
         def job() -> None:
             self._meta().save_png(Path(path), image, result, index)
-            emit(self.saved, str(path))
+            self.saved.emit(str(path))
 
         self._io.put(self._guard("save", job))
 
@@ -289,9 +288,9 @@ class EngineClient(QObject):
                 req = self._meta().read_request(Path(path))
             except Exception as exc:
                 log.info("no settings in %s: %s", path, exc)
-                emit(self.request_failed, str(path), FailureInfo.from_exception("load", exc))
+                self.request_failed.emit(str(path), FailureInfo.from_exception("load", exc))
                 return
-            emit(self.request_loaded, str(path), req)
+            self.request_loaded.emit(str(path), req)
 
         self._io.put(job)
 
@@ -301,7 +300,7 @@ class EngineClient(QObject):
         def job() -> None:
             from desktop.camera.sources import read_image_rgb
 
-            emit(self.image_loaded, str(path), read_image_rgb(path))
+            self.image_loaded.emit(str(path), read_image_rgb(path))
 
         self._io.put(self._guard("open", job))
 
@@ -317,7 +316,7 @@ class EngineClient(QObject):
     def _set_busy(self, busy: bool) -> None:
         if busy != self._busy:
             self._busy = busy
-            emit(self.busy_changed, int(busy))
+            self.busy_changed.emit(int(busy))
 
     def _meta(self) -> Any:
         if self._metadata is None:
@@ -330,7 +329,7 @@ class EngineClient(QObject):
                 fn()
             except Exception as exc:  # thread top: report, never die
                 log.exception("%s failed", where)
-                emit(self.failed, 0, FailureInfo.from_exception(where, exc))
+                self.failed.emit(0, FailureInfo.from_exception(where, exc))
 
         return run
 
@@ -354,14 +353,14 @@ class EngineClient(QObject):
                 except Exception as exc:  # thread top: report and keep serving
                     log.exception("worker job failed")
                     gen = getattr(d.item, "gen", 0)
-                    emit(self.failed, gen, FailureInfo.from_exception(d.channel, exc))
+                    self.failed.emit(gen, FailureInfo.from_exception(d.channel, exc))
         finally:
             if self._session is not None:
                 try:
                     self._session.close()
                 except Exception:
                     log.exception("closing the session failed")
-            emit(self.state_changed, "closed")
+            self.state_changed.emit("closed")
 
     def _dispatch(self, channel: str, item: Any) -> None:
         if isinstance(item, _Open):
@@ -373,7 +372,7 @@ class EngineClient(QObject):
         elif isinstance(item, _Encode):
             self._encode(item)
         elif isinstance(item, _Call):
-            emit(self.call_done, item.tag, item.fn(self._need_session()))
+            self.call_done.emit(item.tag, item.fn(self._need_session()))
         else:  # pragma: no cover - programming error
             raise TypeError(f"unknown job on {channel}: {item!r}")
 
@@ -384,7 +383,7 @@ class EngineClient(QObject):
         return self._session
 
     def _open(self, config: EngineConfig) -> None:
-        emit(self.state_changed, "starting")
+        self.state_changed.emit("starting")
         if self._session is not None:
             self._session.close()
             self._session = None
@@ -396,14 +395,14 @@ class EngineClient(QObject):
         except Exception as exc:  # the manifest may be absent or unreadable: the app keeps working
             log.exception("checking the models failed")
             states = exc
-        emit(self.models_checked, states)
+        self.models_checked.emit(states)
         try:
-            emit(self.catalog_ready, tuple(self._session.catalog()))
+            self.catalog_ready.emit(tuple(self._session.catalog()))
         except Exception as exc:
             log.exception("loading the edit catalog failed")
-            emit(self.failed, 0, FailureInfo.from_exception("catalog", exc))
-            emit(self.catalog_ready, ())
-        emit(self.state_changed, "ready")
+            self.failed.emit(0, FailureInfo.from_exception("catalog", exc))
+            self.catalog_ready.emit(())
+        self.state_changed.emit("ready")
 
     def _preview(self, job: PreviewJob) -> None:
         session = self._need_session()
@@ -411,15 +410,15 @@ class EngineClient(QObject):
         try:
             image = session.preview_face(job.wplus, job.edits, job.size)
         except Exception as exc:
-            emit(self.failed, job.gen, FailureInfo.from_exception("preview", exc))
+            self.failed.emit(job.gen, FailureInfo.from_exception("preview", exc))
             return
-        emit(self.face_preview_ready, job.gen, image)
+        self.face_preview_ready.emit(job.gen, image)
 
     def _render(self, job: RenderJob) -> None:
         session = self._need_session()
         with self._lock:
             if job.token.cancelled:
-                emit(self.cancelled, job.gen)
+                self.cancelled.emit(job.gen)
                 self._set_busy(self._box.pending("render"))
                 return
             self._inflight = job
@@ -429,7 +428,7 @@ class EngineClient(QObject):
         def on_progress(p: Progress) -> None:
             with self._lock:
                 self._inflight_fraction = p.fraction
-            emit(self.progress, job.gen, p)
+            self.progress.emit(job.gen, p)
             # Serve face previews between denoising steps so the StyleGAN preview stays live.
             d = self._box.take_nowait("preview")
             if d is not None:
@@ -438,11 +437,11 @@ class EngineClient(QObject):
         try:
             result = session.render(job.request, job.token, on_progress)
         except Cancelled:
-            emit(self.cancelled, job.gen)
+            self.cancelled.emit(job.gen)
             result = None
         except Exception as exc:
             log.exception("render %d failed", job.gen)
-            emit(self.failed, job.gen, FailureInfo.from_exception("render", exc))
+            self.failed.emit(job.gen, FailureInfo.from_exception("render", exc))
             result = None
         finally:
             with self._lock:
@@ -450,10 +449,10 @@ class EngineClient(QObject):
                 self._set_busy(self._box.pending("render"))
         if result is None:
             return
-        emit(self.result_ready, job.gen, result, int(job.live))
+        self.result_ready.emit(job.gen, result, int(job.live))
         if job.identity_face is not None and result.images and not job.live:
             try:
-                emit(self.likeness_ready, job.gen, float(session.likeness(job.identity_face, result.images[0])))
+                self.likeness_ready.emit(job.gen, float(session.likeness(job.identity_face, result.images[0])))
             except Exception:
                 log.warning("likeness unavailable", exc_info=True)
 
@@ -461,15 +460,15 @@ class EngineClient(QObject):
         session = self._need_session()
         try:
             if job.burst:
-                emit(self.burst_ready, job.gen, session.encode_burst(list(job.images), name=job.name))
+                self.burst_ready.emit(job.gen, session.encode_burst(list(job.images), name=job.name))
             else:
                 ident: Identity = session.encode_identity(job.images[0], name=job.name, aligned=job.aligned)
-                emit(self.identity_ready, job.gen, ident)
+                self.identity_ready.emit(job.gen, ident)
         except Exception as exc:
-            emit(self.failed, job.gen, FailureInfo.from_exception("encode", exc))
+            self.failed.emit(job.gen, FailureInfo.from_exception("encode", exc))
 
     def _probe_backends(self) -> None:
-        emit(self.backends_ready, probe_backends())
+        self.backends_ready.emit(probe_backends())
 
 
 def probe_backends() -> tuple[BackendOption, ...]:

@@ -32,7 +32,7 @@ def _no_network(monkeypatch, request):
 
     def guarded(sock, address):
         host = address[0] if isinstance(address, tuple) else address
-        if isinstance(host, str) and (host.startswith("127.") or host in ("localhost", "::1")) or sock.family == socket.AF_UNIX:
+        if (isinstance(host, str) and (host.startswith("127.") or host in ("localhost", "::1"))) or sock.family == socket.AF_UNIX:
             return real_connect(sock, address)
         raise RuntimeError(f"network access attempted in a test: {address!r}")
 

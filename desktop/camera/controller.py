@@ -21,7 +21,6 @@ from PySide6.QtCore import QObject, Signal
 
 from desktop.camera.sources import FrameSource, open_source
 from desktop.coalesce import CLOSED, LatestSlot
-from desktop.qtcompat import emit
 from engine.api import FaceBox, QualityReport
 from engine.errors import CameraError, EngineError
 
@@ -129,10 +128,10 @@ class CameraController(QObject):
             from desktop.camera.sources import probe_cameras
 
             try:
-                emit(self.cameras_found, probe_cameras())
+                self.cameras_found.emit(probe_cameras())
             except Exception as exc:
                 log.info("camera probe unavailable: %s", exc)
-                emit(self.cameras_found, [])
+                self.cameras_found.emit([])
 
         threading.Thread(target=run, name="wplus-camera-probe", daemon=True).start()
 
@@ -149,7 +148,7 @@ class CameraController(QObject):
         source: FrameSource | None = None
         try:
             source = self._opener(spec)
-            emit(self.state_changed, "running")
+            self.state_changed.emit("running")
             index = 0
             misses = 0
             drain = getattr(source, "drain_messages", None)
@@ -157,11 +156,11 @@ class CameraController(QObject):
                 frame = source.read(timeout=0.5)
                 if drain is not None:
                     for m in drain():
-                        emit(self.message, m)
+                        self.message.emit(m)
                 if frame is None:
                     misses += 1
                     if misses == 6:  # ≈3 s: say so once, keep waiting (the source retries itself)
-                        emit(self.message, "No frames from the camera yet — check that it is connected and free.")
+                        self.message.emit("No frames from the camera yet — check that it is connected and free.")
                     continue
                 misses = 0
                 index += 1
@@ -170,12 +169,12 @@ class CameraController(QObject):
                     self._latest = (index, frame)
                 analysis_slot.put((index, frame))
                 if self._gui_slot.put((index, frame)) is None:
-                    emit(self.frame_ready)
+                    self.frame_ready.emit()
         except EngineError as exc:
-            emit(self.failed, exc)
+            self.failed.emit(exc)
         except Exception as exc:  # thread top
             log.exception("camera thread failed")
-            emit(self.failed, CameraError(f"The camera failed: {exc}", "Choose another camera."))
+            self.failed.emit(CameraError(f"The camera failed: {exc}", "Choose another camera."))
         finally:
             analysis_slot.close()
             if source is not None:
@@ -183,19 +182,18 @@ class CameraController(QObject):
                     source.close()
                 except Exception:
                     log.exception("closing the camera failed")
-            emit(self.state_changed, "stopped")
+            self.state_changed.emit("stopped")
 
     def _run_analysis(self, slot: LatestSlot) -> None:
         try:
             analyze = self._analyzer_factory()
         except ImportError as exc:
             log.warning("face tracking unavailable: %s", exc)
-            emit(self.analysis_unavailable,
-                f"Face tracking is not available ({exc}). The live view works; capture still encodes the frame.")
+            self.analysis_unavailable.emit(f"Face tracking is not available ({exc}). The live view works; capture still encodes the frame.")
             analyze = None
         except Exception as exc:
             log.exception("face tracker failed to start")
-            emit(self.analysis_unavailable, f"Face tracking failed to start: {exc}")
+            self.analysis_unavailable.emit(f"Face tracking failed to start: {exc}")
             analyze = None
         while True:
             item = slot.take(timeout=0.5)
@@ -210,5 +208,5 @@ class CameraController(QObject):
             except Exception as exc:
                 log.warning("face analysis failed: %s", exc)
                 box, report = None, QualityReport(False, (f"Face analysis failed: {exc}",))
-            emit(self.analysis_ready, FaceAnalysis(index, box, report, time.perf_counter() - t0,
+            self.analysis_ready.emit(FaceAnalysis(index, box, report, time.perf_counter() - t0,
                                                   (frame.shape[1], frame.shape[0])))

@@ -4,7 +4,6 @@ from __future__ import annotations
 
 from PySide6.QtCore import QObject, Signal
 
-from desktop.qtcompat import emit
 from engine.api import EditState
 
 
@@ -46,7 +45,7 @@ class EditHistory(QObject):
             return
         self._state = new
         if transient:
-            emit(self.changed, new, True)
+            self.changed.emit(new, True)
         else:
             self.commit()
 
@@ -56,8 +55,8 @@ class EditHistory(QObject):
             self._undo.clear()
             self._redo.clear()
             self._state = self._committed = state
-            emit(self.changed, state, False)
-            emit(self.history_changed)
+            self.changed.emit(state, False)
+            self.history_changed.emit()
             return
         if state == self._state and state == self._committed:
             return
@@ -78,8 +77,8 @@ class EditHistory(QObject):
         del self._undo[: -self._limit]
         self._redo.clear()
         self._committed = self._state
-        emit(self.history_changed)
-        emit(self.changed, self._state, False)
+        self.history_changed.emit()
+        self.changed.emit(self._state, False)
 
     def undo(self) -> None:
         self.commit()
@@ -87,13 +86,13 @@ class EditHistory(QObject):
             return
         self._redo.append(self._state)
         self._state = self._committed = self._undo.pop()
-        emit(self.changed, self._state, False)
-        emit(self.history_changed)
+        self.changed.emit(self._state, False)
+        self.history_changed.emit()
 
     def redo(self) -> None:
         if not self._redo:
             return
         self._undo.append(self._state)
         self._state = self._committed = self._redo.pop()
-        emit(self.changed, self._state, False)
-        emit(self.history_changed)
+        self.changed.emit(self._state, False)
+        self.history_changed.emit()

@@ -8,7 +8,6 @@ from typing import Any
 
 from PySide6.QtCore import QObject, QSettings, Signal
 
-from desktop.qtcompat import emit
 from engine.api import DEFAULT_NEGATIVE_PROMPT, DEFAULT_PROMPT, EditState, GenerateRequest, Scheduler
 
 SIZES = ((512, 512), (512, 640), (640, 512), (512, 768), (768, 512), (640, 640), (768, 768))
@@ -99,11 +98,11 @@ class GenerationState(QObject):
         new = replace(self._s, **changes)
         if new != self._s:
             self._s = new
-            emit(self.changed, new, ",".join(sorted(changes)))
+            self.changed.emit(new, ",".join(sorted(changes)))
 
     def set_all(self, settings: GenerationSettings) -> None:
         self._s = settings
-        emit(self.changed, settings, "*")
+        self.changed.emit(settings, "*")
 
     def new_seed(self) -> int:
         seed = random.SystemRandom().randrange(0, 2**32)

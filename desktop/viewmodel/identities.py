@@ -22,7 +22,6 @@ from PySide6.QtCore import QObject, Signal
 
 from desktop.camera.sources import read_image_rgb
 from desktop.imaging import encode_png, thumbnail
-from desktop.qtcompat import emit
 from engine.api import Identity
 from engine.errors import StorageError
 from engine.fileio import atomic_write_bytes
@@ -77,7 +76,7 @@ class IdentityLibrary(QObject):
                     log.warning("skipping identity %s: %s", folder, exc)
                     problems.append(f"{folder.name}: {exc}")
         self._entries.sort(key=lambda e: e.created)
-        emit(self.changed)
+        self.changed.emit()
         return problems
 
     @staticmethod
@@ -115,7 +114,7 @@ class IdentityLibrary(QObject):
         if persist:
             entry = IdentityEntry(ident, thumb, entry.created, self._write(ident, thumb, entry.created))
         self._entries = [e for e in self._entries if e.identity.id != ident.id] + [entry]
-        emit(self.changed)
+        self.changed.emit()
         return entry
 
     def _write(self, ident: Identity, thumb: np.ndarray | None, created: float) -> Path:
@@ -140,7 +139,7 @@ class IdentityLibrary(QObject):
                                  e.identity.source, e.identity.info)
                 folder = self._write(ident, e.thumb, e.created) if e.folder is not None else None
                 self._entries[i] = IdentityEntry(ident, e.thumb, e.created, folder)
-                emit(self.changed)
+                self.changed.emit()
                 return
 
     def delete(self, identity_id: str) -> None:
@@ -159,8 +158,8 @@ class IdentityLibrary(QObject):
                                        "Check the permissions of the identities folder.") from exc
             del self._entries[i]
             self._deleted.append((i, e, trash))
-            emit(self.changed)
-            emit(self.undo_available, True)
+            self.changed.emit()
+            self.undo_available.emit(True)
             return
 
     def undo_delete(self) -> IdentityEntry | None:
@@ -170,8 +169,8 @@ class IdentityLibrary(QObject):
         if trash is not None and entry.folder is not None:
             shutil.move(str(trash), str(entry.folder))
         self._entries.insert(min(index, len(self._entries)), entry)
-        emit(self.changed)
-        emit(self.undo_available, bool(self._deleted))
+        self.changed.emit()
+        self.undo_available.emit(bool(self._deleted))
         return entry
 
     @property

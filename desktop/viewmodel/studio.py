@@ -17,7 +17,6 @@ from PySide6.QtCore import QObject, QTimer, Signal
 
 from desktop.engine_client import EngineClient, FailureInfo
 from desktop.imaging import thumbnail
-from desktop.qtcompat import emit
 from desktop.viewmodel.edits import EditHistory
 from desktop.viewmodel.generation import GenerationSettings, GenerationState
 from desktop.viewmodel.identities import IdentityEntry, IdentityLibrary, mix_identities
@@ -140,7 +139,7 @@ class StudioState(QObject):
 
     def _set_identity(self, entry: IdentityEntry | None) -> None:
         self.identity = entry
-        emit(self.identity_changed, entry)
+        self.identity_changed.emit(entry)
         if entry is not None:
             self._newest_preview = self.client.submit_preview(entry.identity.wplus, self.edits.state)
             if self.generation.settings.live:
@@ -150,15 +149,15 @@ class StudioState(QObject):
         """Encode a camera frame or photo into a new identity (reported by `identity_changed`)."""
         gen = self.client.encode(frame, name=name)
         self._encodes.add(gen)
-        emit(self.encoding_changed, True)
-        emit(self.status_message, "Encoding the face…")
+        self.encoding_changed.emit(True)
+        self.status_message.emit("Encoding the face…")
         return gen
 
     def capture_burst(self, frames: list[np.ndarray], name: str = "") -> int:
         gen = self.client.encode_burst(frames, name=name)
         self._encodes.add(gen)
-        emit(self.encoding_changed, True)
-        emit(self.status_message, f"Encoding a burst of {len(frames)} frames…")
+        self.encoding_changed.emit(True)
+        self.status_message.emit(f"Encoding a burst of {len(frames)} frames…")
         return gen
 
     def mix(self, a_id: str, b_id: str, t: float, *, persist: bool = True) -> IdentityEntry | None:
@@ -172,20 +171,20 @@ class StudioState(QObject):
     def _on_identity(self, gen: int, identity: Identity) -> None:
         self._finish_encode(gen)
         entry = self.library.add(identity)
-        emit(self.status_message, f"Captured {entry.identity.name}.")
+        self.status_message.emit(f"Captured {entry.identity.name}.")
         self._set_identity(entry)
 
     def _on_burst(self, gen: int, burst: Any) -> None:
         self._finish_encode(gen)
         entry = self.library.add(burst.identity)
         dropped = len(burst.dropped)
-        emit(self.status_message, f"Captured {entry.identity.name} from {burst.used} frames"
+        self.status_message.emit(f"Captured {entry.identity.name} from {burst.used} frames"
                                  + (f" ({dropped} dropped)." if dropped else "."))
         self._set_identity(entry)
 
     def _finish_encode(self, gen: int) -> None:
         self._encodes.discard(gen)
-        emit(self.encoding_changed, bool(self._encodes))
+        self.encoding_changed.emit(bool(self._encodes))
 
     # -- generation -----------------------------------------------------------------------------
     def current_request(self, *, live: bool = False) -> GenerateRequest:
@@ -202,14 +201,14 @@ class StudioState(QObject):
             self.generation.blockSignals(True)
             self.generation.new_seed()
             self.generation.blockSignals(False)
-            emit(self.generation.changed, self.generation.settings, "seed")
+            self.generation.changed.emit(self.generation.settings, "seed")
         return self._send_render(live=False)
 
     def _send_render(self, *, live: bool) -> int:
         try:
             request = self.current_request(live=live)
         except Exception as exc:
-            emit(self.error, FailureInfo.from_exception("settings", exc))
+            self.error.emit(FailureInfo.from_exception("settings", exc))
             return 0
         face = self.identity.identity.aligned_face if self.identity else None
         gen = self.client.submit_render(request, live=live, identity_face=face)
@@ -260,11 +259,11 @@ class StudioState(QObject):
         entries = [HistoryEntry(gen, result, i, thumbnail(img, 96), ident_id) for i, img in enumerate(result.images)]
         if not live:
             self.history.extend(entries)
-            emit(self.history_changed)
+            self.history_changed.emit()
         self._show(entries[0] if entries else None)
         if gen >= self._newest_render:
-            emit(self.progress_changed, None)
-        emit(self.timings_changed, dict(result.timings))
+            self.progress_changed.emit(None)
+        self.timings_changed.emit(dict(result.timings))
 
     def _show(self, entry: HistoryEntry | None) -> None:
         if self.shown is not None and entry is not None and self.shown.result is not entry.result:
@@ -272,9 +271,9 @@ class StudioState(QObject):
         self.shown = entry
         if self.showing_b:
             self.showing_b = False
-            emit(self.ab_changed, False)
-        emit(self.result_shown, entry)
-        emit(self.likeness_changed, entry.likeness[0] if entry and entry.likeness else None)
+            self.ab_changed.emit(False)
+        self.result_shown.emit(entry)
+        self.likeness_changed.emit(entry.likeness[0] if entry and entry.likeness else None)
 
     def show_history(self, index: int, *, restore: bool = True) -> None:
         """Show a history entry and (by default) restore its full state."""
@@ -290,50 +289,50 @@ class StudioState(QObject):
         if self.previous is None:
             return
         self.showing_b = (not self.showing_b) if show_b is None else show_b
-        emit(self.result_shown, self.previous if self.showing_b else self.shown)
-        emit(self.ab_changed, self.showing_b)
+        self.result_shown.emit(self.previous if self.showing_b else self.shown)
+        self.ab_changed.emit(self.showing_b)
 
     def _on_progress(self, gen: int, p: Progress) -> None:
         if gen < self._newest_render:
             return
-        emit(self.progress_changed, p)
+        self.progress_changed.emit(p)
         if p.preview is not None:
-            emit(self.step_preview, p.preview)
+            self.step_preview.emit(p.preview)
 
     def _on_cancelled(self, gen: int) -> None:
         if gen >= self._newest_render:
-            emit(self.progress_changed, None)
-            emit(self.status_message, "Cancelled.")
+            self.progress_changed.emit(None)
+            self.status_message.emit("Cancelled.")
 
     def _on_busy(self, busy: int) -> None:
         busy = bool(busy)
-        emit(self.busy_changed, busy)
+        self.busy_changed.emit(busy)
         if not busy:
-            emit(self.progress_changed, None)
+            self.progress_changed.emit(None)
 
     def _on_failed(self, gen: int, info: FailureInfo) -> None:
         if gen in self._encodes:
             self._finish_encode(gen)
-        emit(self.error, info)
+        self.error.emit(info)
 
     def _on_face_preview(self, gen: int, image: np.ndarray) -> None:
         if gen >= self._newest_preview:
-            emit(self.face_preview_changed, image)
+            self.face_preview_changed.emit(image)
 
     def _on_likeness(self, gen: int, value: float) -> None:
         for e in self.history:
             if e.gen == gen and not e.likeness:
                 e.likeness.append(value)
         if self.shown is not None and self.shown.gen == gen:
-            emit(self.likeness_changed, value)
+            self.likeness_changed.emit(value)
 
     def _on_models(self, states: Any) -> None:
         self.model_states = states
-        emit(self.models_changed, states)
+        self.models_changed.emit(states)
 
     def _on_catalog(self, catalog: tuple) -> None:
         self.catalog = catalog
-        emit(self.catalog_changed, catalog)
+        self.catalog_changed.emit(catalog)
 
     # -- restore and save -----------------------------------------------------------------------
     def restore_request(self, request: GenerateRequest, *, seed: int | None = None, source: str = "") -> None:
@@ -346,7 +345,7 @@ class StudioState(QObject):
         self.generation.blockSignals(True)
         self.generation.set_all(settings)
         self.generation.blockSignals(False)
-        emit(self.generation.changed, settings, "*restore")
+        self.generation.changed.emit(settings, "*restore")
         if request.wplus is not None:
             entry = self.library.find_wplus(request.wplus)
             if entry is None:
@@ -354,13 +353,13 @@ class StudioState(QObject):
                                                   wplus=request.wplus, source=source or "restored"), persist=False)
             if self.identity is None or entry.identity.id != self.identity.identity.id:
                 self.identity = entry
-                emit(self.identity_changed, entry)
+                self.identity_changed.emit(entry)
         # Edits last so the preview follows the restored identity.
         self.edits.set_state(request.edits)
         if self.identity is not None:
             self._newest_preview = self.client.submit_preview(self.identity.identity.wplus, self.edits.state)
         if source:
-            emit(self.status_message, f"Restored the settings of {Path(source).name}.")
+            self.status_message.emit(f"Restored the settings of {Path(source).name}.")
 
     def save_shown(self, path: str | Path) -> bool:
         entry = self.shown

@@ -10,7 +10,6 @@ from PySide6.QtWidgets import QComboBox, QHBoxLayout, QLabel, QPushButton, QTool
 from desktop.camera.controller import CameraController, FaceAnalysis
 from desktop.camera.sources import SourceChoice
 from desktop.imaging import rgb_to_qimage
-from desktop.qtcompat import emit
 from desktop.views.widgets import ImageView
 
 
@@ -54,7 +53,7 @@ class SourcePicker(QComboBox):
     about_to_show = Signal()
 
     def showPopup(self) -> None:
-        emit(self.about_to_show)
+        self.about_to_show.emit()
         super().showPopup()
 
 
@@ -141,13 +140,13 @@ class CameraPanel(QWidget):
 
     def _on_pick(self, _i: int) -> None:
         if self.toggle.isChecked():
-            emit(self.source_chosen, self.current_spec())
+            self.source_chosen.emit(self.current_spec())
 
     def _on_toggle(self, on: bool) -> None:
         if on:
-            emit(self.source_chosen, self.current_spec())
+            self.source_chosen.emit(self.current_spec())
         else:
-            emit(self.stop_requested)
+            self.stop_requested.emit()
 
     def _on_state(self, state: str) -> None:
         running = state == "running"

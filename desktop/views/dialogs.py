@@ -25,7 +25,6 @@ from PySide6.QtWidgets import (
 )
 
 from desktop.engine_client import BackendOption
-from desktop.qtcompat import emit
 from engine.api import ModelState, ModelStatus
 
 STATUS_TEXT = {
@@ -164,7 +163,7 @@ class ModelsDialog(QDialog):
             self.folder.setText(path)
 
     def _apply(self) -> None:
-        emit(self.apply_requested, self.folder.text().strip(), str(self.backend.currentData() or "auto"),
+        self.apply_requested.emit(self.folder.text().strip(), str(self.backend.currentData() or "auto"),
                                   str(self.device.currentData() or "auto"))
 
 

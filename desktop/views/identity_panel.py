@@ -19,7 +19,6 @@ from PySide6.QtWidgets import (
 )
 
 from desktop.imaging import rgb_to_pixmap
-from desktop.qtcompat import emit
 from desktop.viewmodel.identities import IdentityEntry, IdentityLibrary
 from desktop.views.widgets import ImageView
 
@@ -150,10 +149,10 @@ class IdentityPanel(QWidget):
 
     def _on_current(self, item: QListWidgetItem | None, _prev) -> None:
         if item is not None:
-            emit(self.selected, str(item.data(Qt.ItemDataRole.UserRole)))
+            self.selected.emit(str(item.data(Qt.ItemDataRole.UserRole)))
 
     def _on_item_changed(self, item: QListWidgetItem) -> None:
-        emit(self.rename_requested, str(item.data(Qt.ItemDataRole.UserRole)), item.text().replace("  (unsaved)", ""))
+        self.rename_requested.emit(str(item.data(Qt.ItemDataRole.UserRole)), item.text().replace("  (unsaved)", ""))
 
     def _edit_current(self) -> None:
         item = self.list.currentItem()
@@ -163,9 +162,9 @@ class IdentityPanel(QWidget):
     def _delete_current(self) -> None:
         item = self.list.currentItem()
         if item is not None:
-            emit(self.delete_requested, str(item.data(Qt.ItemDataRole.UserRole)))
+            self.delete_requested.emit(str(item.data(Qt.ItemDataRole.UserRole)))
 
     def _mix(self) -> None:
         a, b = self.mix_a.currentData(), self.mix_b.currentData()
         if a and b and a != b:
-            emit(self.mix_requested, str(a), str(b), self.mix_slider.value() / 100)
+            self.mix_requested.emit(str(a), str(b), self.mix_slider.value() / 100)

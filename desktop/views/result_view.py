@@ -18,7 +18,6 @@ from PySide6.QtWidgets import (
 )
 
 from desktop.imaging import rgb_to_pixmap
-from desktop.qtcompat import emit
 from desktop.viewmodel.studio import HistoryEntry
 from desktop.views.widgets import ImageView
 from engine.api import Progress
@@ -134,7 +133,7 @@ class ResultView(QWidget):
         lay.addWidget(self.progress)
         lay.addLayout(row)
         lay.addWidget(self.strip)
-        self.strip.itemClicked.connect(lambda it: emit(self.history_clicked, self.strip.row(it)))
+        self.strip.itemClicked.connect(lambda it: self.history_clicked.emit(self.strip.row(it)))
         self.save_button.clicked.connect(self.save_clicked)
         self.save_all_button.clicked.connect(self.save_all_clicked)
         self.ab_button.toggled.connect(self.ab_toggled)

@@ -20,7 +20,6 @@ from PySide6.QtWidgets import (
 )
 
 from desktop.imaging import rgb_to_qimage
-from desktop.qtcompat import emit
 
 
 class ImageView(QWidget):
@@ -101,7 +100,7 @@ class ResettableSlider(QSlider):
         super().__init__(Qt.Orientation.Horizontal, parent)
 
     def mouseDoubleClickEvent(self, event) -> None:
-        emit(self.reset_requested)
+        self.reset_requested.emit()
         event.accept()
 
 
@@ -138,7 +137,7 @@ class FloatSlider(QWidget):
         lay.addWidget(self.slider, 1)
         lay.addWidget(self.value_label)
         self.slider.valueChanged.connect(self._on_int)
-        self.slider.sliderReleased.connect(lambda: emit(self.released, self.value()))
+        self.slider.sliderReleased.connect(lambda: self.released.emit(self.value()))
         self.slider.reset_requested.connect(self.reset)
 
     def _to_int(self, v: float) -> int:
@@ -157,8 +156,8 @@ class FloatSlider(QWidget):
 
     def reset(self) -> None:
         self.set_value(self.default)
-        emit(self.value_changed, self.value(), False)
-        emit(self.released, self.value())
+        self.value_changed.emit(self.value(), False)
+        self.released.emit(self.value())
 
     def _mark(self) -> None:
         changed = abs(self.value() - self.default) > 1e-9
@@ -171,7 +170,7 @@ class FloatSlider(QWidget):
         v = self.value()
         self.value_label.setText(self._fmt(v))
         self._mark()
-        emit(self.value_changed, v, self.slider.isSliderDown())
+        self.value_changed.emit(v, self.slider.isSliderDown())
 
 
 class Banner(QFrame):
@@ -234,5 +233,5 @@ class Banner(QFrame):
         self.count = 0
         self.details_button.setChecked(False)
         self.hide()
-        emit(self.dismissed)
+        self.dismissed.emit()
 

@@ -2,9 +2,6 @@
 
 from __future__ import annotations
 
-import threading
-from pathlib import Path
-
 import numpy as np
 import pytest
 from PySide6.QtCore import QMimeData, QPoint, QPointF, Qt, QUrl
@@ -355,8 +352,6 @@ def test_window_fits_common_screens(qtbot, make_app, size):
 
 def test_models_state_enum_roundtrip():
     assert ModelStatus("missing") is ModelStatus.MISSING
-    assert threading.current_thread() is threading.main_thread()
-    assert Path(__file__).name.startswith("test_desktop_")
 
 
 def test_a_leaking_qt_binding_is_reported_at_start(qtbot, make_app, monkeypatch):
@@ -367,4 +362,4 @@ def test_a_leaking_qt_binding_is_reported_at_start(qtbot, make_app, monkeypatch)
     assert app.window.banner.isVisible()
     assert "reference-counting bug" in app.window.banner.message.text()
     assert "6.11.3" in app.window.banner.hint.text()
-    assert isinstance(qtcompat.binding_leaks_references(), bool)
+    assert qtcompat.binding_leaks_references() is False  # the pinned binding is sound

@@ -21,17 +21,27 @@ def test_success_replaces_the_target(tmp_path):
 def test_failure_midway_keeps_the_old_file_and_leaves_no_temporary(tmp_path):
     target = tmp_path / "w.npy"
     target.write_bytes(b"old")
-    with pytest.raises(RuntimeError), atomic_open(target) as fh:
-        fh.write(b"half of the new content")
-        raise RuntimeError("encoder crashed")
+
+    def crash_midway():
+        with atomic_open(target) as fh:
+            fh.write(b"half of the new content")
+            raise RuntimeError("encoder crashed")
+
+    with pytest.raises(RuntimeError):
+        crash_midway()
     assert target.read_bytes() == b"old"
     assert [p.name for p in tmp_path.iterdir()] == ["w.npy"]
 
 
 def test_full_disk_is_a_storage_error_with_advice(tmp_path):
     target = tmp_path / "big.png"
-    with pytest.raises(StorageError, match="disk is full") as info, atomic_open(target):
-        raise OSError(errno.ENOSPC, "No space left on device")
+
+    def disk_full():
+        with atomic_open(target):
+            raise OSError(errno.ENOSPC, "No space left on device")
+
+    with pytest.raises(StorageError, match="disk is full") as info:
+        disk_full()
     assert "Free some space" in info.value.hint
     assert not target.exists()
     assert list(tmp_path.iterdir()) == []
