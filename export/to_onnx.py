@@ -214,10 +214,13 @@ def _dynamic_shapes(inputs: Iterable[TensorSpec], profile: ShapeProfile) -> tupl
         for axis, d in enumerate(t.dims):
             if not isinstance(d, str):
                 continue
-            mult, base = dim_base(d)
+            _mult, base = dim_base(d)
             rng = profile.range(base)
             if rng is not None and not rng.fixed:
-                axes[axis] = torch.export.Dim.DYNAMIC(min=mult * rng.min, max=mult * rng.max)
+                # No bounds on the hint: torch.export excludes size 1 from a traced range (0/1
+                # specialisation), so a profile like batch 1–2 traced at 2 would come out "static 2" and
+                # fail. The graph itself is symbolic; the profile is enforced at run time instead.
+                axes[axis] = torch.export.Dim.DYNAMIC
         out.append(axes or None)
     return tuple(out) if any(out) else ()
 

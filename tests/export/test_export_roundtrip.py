@@ -95,3 +95,18 @@ def test_vae_output_dims_are_named_from_the_spec(exported):
     model = onnx.load(str(exported / "vae_decoder.onnx"), load_external_data=False)
     image = model.graph.output[0].type.tensor_type.shape.dim
     assert [d.dim_param or d.dim_value for d in image] == ["B", 3, "8H", "8W"]
+
+
+def test_static_size_profile_with_batch_one_or_two(tiny_models, tmp_path):
+    """Batch 1–2 traced at 2: diffusers' upsampler guards on the batch, and torch.export would call it
+    "static 2" if the hint carried the profile's bounds (this failed on the full-size VAE)."""
+    from engine.backends.profiles import ShapeProfile
+    from export.to_onnx import export_onnx
+
+    res = export_onnx("vae_decoder", tiny_models.vae, tmp_path / "vae_decoder.onnx", profile=ShapeProfile.static(64, 64))
+    model = onnx.load(str(res.path))
+    dims = [d.dim_param or d.dim_value for d in model.graph.input[0].type.tensor_type.shape.dim]
+    assert dims == ["B", 4, 8, 8]
+    for b in (1, 2):
+        report = verify_onnx("vae_decoder", tiny_models.vae, res.path, shapes={"latent": (b, 4, 8, 8)})[0]
+        assert report.ok, report.lines()
