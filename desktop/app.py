@@ -52,6 +52,7 @@ class AppOptions:
     source_opener: Callable[[str], Any] | None = None
     start_engine: bool = True
     check_binding: bool = True
+    preload_faces: bool = True
 
 
 def open_settings(path: Path | None) -> QSettings:
@@ -134,6 +135,10 @@ class StudioApp:
         self._shut = False
         if options.start_engine:
             self.client.start()
+        if options.preload_faces:
+            # dlib's landmark model load holds the GIL for 0.5–1 s: pay it while the window appears,
+            # not when the user starts the camera
+            self.camera.preload()
 
     def apply_models(self, folder: str, backend: str, device: str) -> None:
         """Reopen the session with another models folder, backend or device (Models dialog)."""

@@ -65,6 +65,13 @@ class PreviewJob:
     wplus: np.ndarray
     edits: EditState
     size: int = 256
+    exact: bool = False  # the official reconstruction (full image) instead of the reduced path
+
+
+@dataclass(frozen=True)
+class _CheckModels:
+    verify: bool
+    token: CancelToken
 
 
 @dataclass(frozen=True)
@@ -130,7 +137,8 @@ class EngineClient(QObject):
     """
 
     state_changed = Signal(str)  # "starting", "ready", "failed", "closed"
-    models_checked = Signal(object)  # tuple[ModelState, ...]
+    models_checked = Signal(object)  # tuple[ModelState, ...] | Exception
+    models_progress = Signal(object)  # Progress while model files are hashed (Verify), None when done
     catalog_ready = Signal(object)  # tuple[SliderSpec, ...]
     progress = Signal(int, object)  # gen, Progress
     # Flags cross threads as ints: PySide6 6.12 on Python 3.11 loses references to True/False when a
@@ -175,6 +183,7 @@ class EngineClient(QObject):
         self._io_thread = threading.Thread(target=self._run_io, name="wplus-io", daemon=True)
         self._started = False
         self._closed = False
+        self._verify_token = CancelToken()
 
     # -- lifecycle ------------------------------------------------------------------------------
     @property
@@ -202,6 +211,7 @@ class EngineClient(QObject):
             return
         self._closed = True
         self.cancel()
+        self._verify_token.cancel()
         self._box.close()
         self._io.put(None)
         if self._started:
@@ -234,10 +244,17 @@ class EngineClient(QObject):
             self.cancelled.emit(old.gen)
         return gen
 
-    def submit_preview(self, wplus: np.ndarray, edits: EditState, size: int = 256) -> int:
-        """Queue a StyleGAN2 face preview (latest wins); served between denoising steps too."""
+    def submit_preview(self, wplus: np.ndarray, edits: EditState, size: int = 256, *, exact: bool = False) -> int:
+        """Queue a StyleGAN2 face preview (latest wins); served between denoising steps too.
+
+        Args:
+            wplus: the identity's W+.
+            edits: slider values to apply.
+            size: 64/128/256 (reduced paths unless `exact`) or 512/1024.
+            exact: the official reconstruction (full 1024² image resized; ≈5× the reduced 256² CPU time).
+        """
         gen = self.next_gen()
-        self._box.put("preview", PreviewJob(gen, wplus, edits, size))
+        self._box.put("preview", PreviewJob(gen, wplus, edits, size, exact))
         return gen
 
     def encode(self, image: np.ndarray, *, name: str = "", aligned: bool = False) -> int:
@@ -254,8 +271,16 @@ class EngineClient(QObject):
         """Run a small query on the worker; the answer comes back as `call_done(tag, value)`."""
         self._box.send(_Call(tag, fn))
 
-    def check_models(self) -> None:
-        self._box.send(_Call("models", lambda s: s.model_states()))
+    def check_models(self, verify: bool = False) -> None:
+        """Check the models folder again; `models_checked(states)` reports.
+
+        Args:
+            verify: hash the files that were not hashed before (reads each once; `models_progress`
+                reports the bytes). Without it the check is instant (presence, size, structure).
+        """
+        self._verify_token.cancel()
+        self._verify_token = CancelToken()
+        self._box.send(_CheckModels(bool(verify), self._verify_token))
 
     def probe_backends(self) -> None:
         self._io.put(self._probe_backends)
@@ -371,6 +396,8 @@ class EngineClient(QObject):
             self._preview(item)
         elif isinstance(item, _Encode):
             self._encode(item)
+        elif isinstance(item, _CheckModels):
+            self._check_models(item)
         elif isinstance(item, _Call):
             self.call_done.emit(item.tag, item.fn(self._need_session()))
         else:  # pragma: no cover - programming error
@@ -391,7 +418,8 @@ class EngineClient(QObject):
         self._session = self._factory(config)
         log.info("engine session opened in %.2f s (models: %s)", time.perf_counter() - t0, config.models_dir)
         try:
-            states: tuple[ModelState, ...] | Exception = tuple(self._session.model_states())
+            # no hashing at start-up: several GB would keep the engine busy for a minute (Verify does it)
+            states: tuple[ModelState, ...] | Exception = tuple(self._session.model_states(verify=False))
         except Exception as exc:  # the manifest may be absent or unreadable: the app keeps working
             log.exception("checking the models failed")
             states = exc
@@ -404,11 +432,34 @@ class EngineClient(QObject):
             self.catalog_ready.emit(())
         self.state_changed.emit("ready")
 
+    def _check_models(self, job: _CheckModels) -> None:
+        session = self._need_session()
+        last = [0.0]
+
+        def on_progress(p: Progress) -> None:
+            now = time.monotonic()
+            if now - last[0] >= 0.1 or p.step >= p.total:  # ≤ 10 updates a second
+                last[0] = now
+                self.models_progress.emit(p)
+
+        try:
+            states: tuple[ModelState, ...] | Exception = tuple(
+                session.model_states(verify=job.verify, token=job.token, progress=on_progress if job.verify else None))
+        except Cancelled:
+            log.info("model verification cancelled")
+            self.models_progress.emit(None)
+            return
+        except Exception as exc:
+            log.exception("checking the models failed")
+            states = exc
+        self.models_progress.emit(None)
+        self.models_checked.emit(states)
+
     def _preview(self, job: PreviewJob) -> None:
         session = self._need_session()
         self.preview_calls += 1
         try:
-            image = session.preview_face(job.wplus, job.edits, job.size)
+            image = session.preview_face(job.wplus, job.edits, job.size, exact=job.exact)
         except Exception as exc:
             self.failed.emit(job.gen, FailureInfo.from_exception("preview", exc))
             return

@@ -265,7 +265,13 @@ class EngineSession(Protocol):
     optional `progress` callback receiving `Progress` (called on the caller's thread).
     """
 
-    def model_states(self) -> tuple[ModelState, ...]: ...
+    def model_states(
+        self, *, verify: bool = False, token: Any = None,
+        progress: Callable[[Progress], None] | None = None,
+    ) -> tuple[ModelState, ...]:
+        """What the models folder holds. `verify=False` (instant) leaves unhashed files UNVERIFIED;
+        `verify=True` hashes them (seconds per GB; `progress` reports bytes, `token` cancels)."""
+        ...
 
     def catalog(self) -> tuple[SliderSpec, ...]: ...
 
@@ -286,7 +292,13 @@ class EngineSession(Protocol):
         progress: Callable[[Progress], None] | None = None,
     ) -> Result: ...
 
-    def preview_face(self, wplus: np.ndarray, edits: EditState = EditState(), size: int = 256) -> np.ndarray: ...
+    def preview_face(
+        self, wplus: np.ndarray, edits: EditState = EditState(), size: int = 256, *, exact: bool = False,
+    ) -> np.ndarray:
+        """The StyleGAN2 face of an (edited) W+, size×size×3 uint8. With a size ≤ 256, `exact=False` is the
+        cheap reduced path (that level's RGB skip: coarser, for slider dragging) and `exact=True` the
+        official reconstruction (the full 1024² image resized); 512/1024 are always exact."""
+        ...
 
     def likeness(self, face_a: np.ndarray, image_b: np.ndarray) -> float: ...
 

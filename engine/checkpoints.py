@@ -19,7 +19,7 @@ from __future__ import annotations
 import json
 import os
 import re
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, BinaryIO
@@ -268,26 +268,98 @@ def _as_tensor_dict(obj: Any, file: Path, what: str) -> dict[str, torch.Tensor]:
 # -- e4e ------------------------------------------------------------------------------------------
 
 
-def load_e4e_checkpoint(path: str | os.PathLike[str]) -> E4ECheckpoint:
+E4E_PARTS = ("encoder", "decoder")
+
+
+def _e4e_parts(parts: Sequence[str]) -> tuple[str, ...]:
+    chosen = tuple(dict.fromkeys(parts))
+    unknown = [x for x in chosen if x not in E4E_PARTS]
+    if unknown or not chosen:
+        raise ValueError(f"e4e parts must be a non-empty selection of {E4E_PARTS}, got {tuple(parts)!r}")
+    return chosen
+
+
+def _load_safetensors_selected(path: Path, keep: Callable[[str], bool]) -> tuple[dict[str, Any], dict[str, str]]:
+    """Read only the tensors whose key passes `keep` (safetensors reads each tensor on demand)."""
+    from safetensors import safe_open
+
+    try:
+        with safe_open(str(path), framework="pt", device="cpu") as fh:
+            metadata = dict(fh.metadata() or {})
+            tensors = {k: fh.get_tensor(k) for k in fh.keys() if keep(k)}  # noqa: SIM118 - no __iter__
+            foreign = next((k for k in fh.keys() if k != "latent_avg"  # noqa: SIM118
+                            and not k.startswith(("encoder.", "decoder."))), None)
+    except PermissionError as exc:
+        raise ModelMissing(f"No permission to read {path}.", "Fix the file's permissions.") from exc
+    except Exception as exc:  # safetensors raises its own SafetensorError and sometimes OSError/ValueError
+        raise ModelCorrupt(f"{path} is not a readable safetensors file ({exc}).", _REDOWNLOAD_HINT) from exc
+    if foreign is not None:
+        tensors[foreign] = None  # reported as an unexpected key below, without reading it
+    return tensors, metadata
+
+
+def _load_pickle_mapped(path: Path) -> Any:
+    """`_load_pickle`, memory-mapping the tensors of a zip-format checkpoint (torch ≥ 1.6 `torch.save`).
+
+    Only the tensors that are used are then read from disk (the official e4e file is zip-format: its
+    120 MB decoder loads without reading the 1.07 GB encoder). Legacy pickles are read whole.
+    """
+    import pickle
+    import zipfile
+
+    import torch
+
+    if not zipfile.is_zipfile(path):
+        return _load_pickle(path)
+    try:
+        return torch.load(str(path), weights_only=True, map_location="cpu", mmap=True)
+    except pickle.UnpicklingError:
+        return _load_pickle(path)  # the same refusal, with the full message
+    except (RuntimeError, OSError, ValueError):
+        return _load_pickle(path)  # e.g. a file system without mmap: read it whole
+
+
+def load_e4e_checkpoint(
+    path: str | os.PathLike[str], parts: Sequence[str] = E4E_PARTS
+) -> E4ECheckpoint:
     """Load and check an e4e checkpoint (official pickle or our safetensors conversion).
 
     Args:
         path: `e4e_ffhq_encode.pt` or its `.safetensors` conversion.
+        parts: which networks to load: ("encoder", "decoder") (default), ("encoder",) for the face
+            encoder, ("decoder",) for the StyleGAN2 preview. A `.safetensors` file reads only the chosen
+            tensors; a zip-format pickle is memory-mapped, so the unused tensors are not read either
+            (a legacy pickle must be read whole; the unused tensors are dropped at once). `latent_avg`
+            and the opts are always loaded.
 
     Returns:
-        The encoder state (checked strictly against the IR-SE50 Encoder4Editing layout), the decoder
-        state (unchecked here; the StyleGAN2 loader checks it), latent_avg (18×512) and the opts.
+        The encoder state (checked strictly against the IR-SE50 Encoder4Editing layout when loaded;
+        empty when not asked for), the decoder state (unchecked here; the StyleGAN2 loader checks it;
+        empty when not asked for or absent), latent_avg (18×512) and the opts.
 
     Raises:
         ModelMissing, UnsafeCheckpoint: as `load_state`.
         ModelCorrupt: damaged file, or not the e4e layout (message names the first offending key).
+        ValueError: `parts` names something else than "encoder"/"decoder".
     """
     import torch
 
+    chosen = _e4e_parts(parts)
+    everything = set(chosen) == set(E4E_PARTS)
+    prefixes = tuple(f"{x}." for x in chosen)
+
+    def keep(key: str) -> bool:
+        return key == "latent_avg" or key.startswith(prefixes)
+
     p = Path(path)
-    obj, metadata = load_state_with_metadata(p)
+    _check_exists(p)
     layout = "e4e checkpoint (Encoder4Editing IR-SE50 + latent_avg)"
-    if p.suffix.lower() == SAFETENSORS_SUFFIX:
+    suffix = p.suffix.lower()
+    if suffix == SAFETENSORS_SUFFIX:
+        if everything:
+            obj, metadata = _load_safetensors(p)
+        else:
+            obj, metadata = _load_safetensors_selected(p, keep)
         if metadata.get(LAYOUT_KEY, LAYOUT_E4E) != LAYOUT_E4E:
             raise ModelCorrupt(f"{p} is a converted '{metadata[LAYOUT_KEY]}' file, not an {layout}.")
         flat = obj
@@ -296,16 +368,27 @@ def load_e4e_checkpoint(path: str | os.PathLike[str]) -> E4ECheckpoint:
         except json.JSONDecodeError:
             opts = {}
     else:
+        mapped = suffix in PICKLE_SUFFIXES and not everything
+        if mapped:
+            obj = _load_pickle_mapped(p)
+            if not isinstance(obj, dict):
+                raise ModelCorrupt(f"{p} holds a {type(obj).__name__}, not a dictionary of weights.",
+                                   _REDOWNLOAD_HINT)
+        else:
+            obj, _ = load_state_with_metadata(p)
         if "state_dict" not in obj or "latent_avg" not in obj:
             raise ModelCorrupt(
                 f"{p} does not have the {layout} layout: the top-level keys 'state_dict' and 'latent_avg' "
                 f"are required, found {sorted(map(str, obj))[:6]}.",
                 "Use e4e_ffhq_encode.pt (the FFHQ encoder) for the face encoder.",
             )
-        flat = dict(_as_tensor_dict(obj["state_dict"], p, "state_dict"))
+        state = _as_tensor_dict(obj["state_dict"], p, "state_dict")
+        # foreign keys stay so the layout check below reports them; unused networks are dropped here
+        flat = {k: v for k, v in state.items() if keep(k) or not k.startswith(("encoder.", "decoder."))}
         flat["latent_avg"] = obj["latent_avg"]
         opts = obj.get("opts") or {}
         opts = dict(opts) if isinstance(opts, Mapping) else {}
+        del obj, state
     if "latent_avg" not in flat:
         raise ModelCorrupt(f"{p} does not have the {layout} layout: key 'latent_avg' is missing.", _REDOWNLOAD_HINT)
     latent_avg = flat["latent_avg"]
@@ -315,18 +398,22 @@ def load_e4e_checkpoint(path: str | os.PathLike[str]) -> E4ECheckpoint:
             f"{list(_shape(latent_avg) or [])}, expected [18, 512].",
             "Only the StyleGAN2-FFHQ-1024 e4e encoder (18 W+ rows) is supported.",
         )
-    encoder_state = _strip(flat, "encoder.")
-    decoder_state = _strip(flat, "decoder.")
     others = [k for k in flat if k != "latent_avg" and not k.startswith(("encoder.", "decoder."))]
     if others:
         raise ModelCorrupt(f"{p} does not have the {layout} layout: unexpected key '{others[0]}'.", _REDOWNLOAD_HINT)
-    from engine.networks.e4e import e4e_layout
+    encoder_state = _strip(flat, "encoder.") if "encoder" in chosen else {}
+    decoder_state = _strip(flat, "decoder.") if "decoder" in chosen else {}
+    if "encoder" in chosen:
+        from engine.networks.e4e import e4e_layout
 
-    check_layout(encoder_state, e4e_layout(), p, layout)
+        check_layout(encoder_state, e4e_layout(), p, layout)
+    latent_avg = latent_avg.detach().to(torch.float32)
+    if not everything:
+        latent_avg = latent_avg.clone()  # not a view of a memory-mapped file
     return E4ECheckpoint(
         encoder_state=encoder_state,
         decoder_state=decoder_state,
-        latent_avg=latent_avg.detach().to(torch.float32),
+        latent_avg=latent_avg,
         opts=opts,
     )
 

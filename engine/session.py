@@ -35,10 +35,23 @@ class Session:
         self.store = store or ModelStore()
 
     # -- models ---------------------------------------------------------------------------------
-    def model_states(self) -> tuple[ModelState, ...]:
+    def model_states(
+        self, *, verify: bool = False, token: Any = None, progress: ProgressFn = None
+    ) -> tuple[ModelState, ...]:
+        """Check the models folder (see `engine.manifest.check_models`).
+
+        Args:
+            verify: hash files not hashed before (reads every new file once: seconds per GB). The
+                default only looks at presence, size and structure, so opening a session stays instant.
+            token: CancelToken checked while hashing.
+            progress: receives Progress(stage, bytes done, file size) while hashing.
+
+        Raises:
+            Cancelled: the token was set while hashing.
+        """
         from engine.manifest import check_models
 
-        return check_models(self.config)
+        return check_models(self.config, verify=verify, progress=progress, token=token)
 
     # -- edits ----------------------------------------------------------------------------------
     def _directions(self):
@@ -95,9 +108,24 @@ class Session:
 
         return self.store.get(("stylegan",), lambda: StyleGANPreview.from_config(self.config))
 
-    def preview_face(self, wplus: np.ndarray, edits: EditState = EditState(), size: int = 256) -> np.ndarray:
+    def preview_face(
+        self, wplus: np.ndarray, edits: EditState = EditState(), size: int = 256, *, exact: bool = False
+    ) -> np.ndarray:
+        """The StyleGAN2 face of `wplus` with `edits` applied (size×size×3 uint8).
+
+        Args:
+            wplus: 1×18×512 W+.
+            edits: slider values applied first.
+            size: 64, 128 or 256 (reduced path unless `exact`), 512 or 1024 (always the full image).
+            exact: the official reconstruction (full 1024² image, resized): ≈5× the CPU time of the
+                reduced 256² path; use it where the user judges likeness (right after capture).
+
+        Raises:
+            ModelMissing, ModelCorrupt: no usable decoder in the e4e file ("preview disabled: …").
+            InvalidInput: bad W+ or size.
+        """
         w = self.apply_edits(wplus, edits) if not edits.is_identity else wplus
-        return self._stylegan().render(w, size=size)
+        return self._stylegan().render(w, size=size, full=exact)
 
     def close(self) -> None:
         self.store.drop()

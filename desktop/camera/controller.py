@@ -51,6 +51,10 @@ class FaceAnalyzer:
         self._quality = importlib.import_module("engine.faces.quality")
         self._tracker = track.FaceTracker()
 
+    def reset(self) -> None:
+        """Forget the tracked face (a new source starts)."""
+        self._tracker.reset()
+
     def __call__(self, frame: np.ndarray) -> tuple[FaceBox | None, QualityReport | None]:
         box = self._tracker.update(frame)
         report = self._quality.assess(frame, box) if box is not None else QualityReport(
@@ -90,6 +94,11 @@ class CameraController(QObject):
         self._latest: tuple[int, np.ndarray] | None = None
         self._latest_lock = threading.Lock()
         self.frames = 0
+        # one analyzer for the controller's life: dlib's landmark model loads once (0.5–1 s holding the GIL)
+        self._analyzer: Callable[[np.ndarray], tuple[FaceBox | None, QualityReport | None]] | None = None
+        self._analyzer_error: BaseException | None = None
+        self._analyzer_lock = threading.Lock()
+        self._preload: threading.Thread | None = None
 
     @property
     def spec(self) -> str:
@@ -98,6 +107,43 @@ class CameraController(QObject):
     @property
     def running(self) -> bool:
         return any(t.is_alive() for t in self._threads)
+
+    def preload(self) -> None:
+        """Build the face analyzer on a background thread now, so the first camera start finds it ready.
+
+        dlib loads its 68-landmark model holding the GIL (0.5–1 s): done at start-up, before the user
+        starts a camera, that pause happens while the window appears instead of when the camera starts.
+        Safe to call more than once; errors are reported when the camera starts.
+        """
+        if self._preload is not None:
+            return
+        self._preload = threading.Thread(target=self._ensure_analyzer, name="wplus-faces-preload", daemon=True)
+        self._preload.start()
+
+    @property
+    def analyzer_ready(self) -> bool:
+        """True once the face analyzer was built (by `preload` or a camera start)."""
+        return self._analyzer is not None
+
+    def _ensure_analyzer(self) -> Callable[[np.ndarray], tuple[FaceBox | None, QualityReport | None]]:
+        """The shared analyzer, built on first use (the lock makes a camera start wait for a preload)."""
+        with self._analyzer_lock:
+            if self._analyzer is not None:
+                return self._analyzer
+            if self._analyzer_error is not None:
+                raise self._analyzer_error
+            t0 = time.perf_counter()
+            try:
+                self._analyzer = self._analyzer_factory()
+            except ImportError as exc:  # dlib is not installed: no use trying again
+                self._analyzer_error = exc
+                raise
+            except Exception:
+                if threading.current_thread() is self._preload:
+                    log.exception("preloading the face tracker failed (the camera start tries again)")
+                raise
+            log.info("face tracker ready in %.2f s (%s)", time.perf_counter() - t0, threading.current_thread().name)
+            return self._analyzer
 
     def start(self, spec: str) -> None:
         """Stop the current source (if any) and start `spec` (opened on the camera thread)."""
@@ -186,7 +232,10 @@ class CameraController(QObject):
 
     def _run_analysis(self, slot: LatestSlot) -> None:
         try:
-            analyze = self._analyzer_factory()
+            analyze = self._ensure_analyzer()
+            reset = getattr(analyze, "reset", None)
+            if reset is not None:
+                reset()
         except ImportError as exc:
             log.warning("face tracking unavailable: %s", exc)
             self.analysis_unavailable.emit(f"Face tracking is not available ({exc}). The live view works; capture still encodes the frame.")

@@ -25,6 +25,18 @@ from engine.api import EditState, GenerateRequest, Identity, ModelState, ModelSt
 
 log = logging.getLogger(__name__)
 
+# StyleGAN2 face preview levels. The identity's own face (after capture, on selection, on restore) is
+# the exact e4e reconstruction: that is where the user asks "is this me?". While a slider is dragged the
+# preview uses the reduced 128² level (the 128² RGB skip — a blurrier but clearly recognisable face);
+# bench/preview.py on the 2-core build machine, 2026-11-27: 128² ≈ 0.35 s, reduced 256² ≈ 0.6 s (idle) to
+# 2.5 s (loaded), exact 256² (full 1024² image) ≈ 3–4 s; 64² is no cheaper than 128² (the 512-channel
+# low levels and the mapping dominate). When the slider is let go the reduced 256² level follows.
+EXACT_PREVIEW_SIZE = 256
+DRAG_PREVIEW_SIZE = 128
+SETTLED_PREVIEW_SIZE = 256
+PREVIEW_CAPTIONS = {"exact": "e4e reconstruction", "exact_edited": "e4e · edited", "drag": "edited · draft 128²",
+                    "settled": "edited · reduced 256²"}
+
 
 @dataclass(frozen=True, eq=False)
 class HistoryEntry:
@@ -62,6 +74,7 @@ class StudioState(QObject):
 
     identity_changed = Signal(object)  # IdentityEntry | None
     face_preview_changed = Signal(object)  # uint8 RGB
+    face_preview_caption = Signal(str)  # what the preview shows (PREVIEW_CAPTIONS), emitted before the image
     result_shown = Signal(object)  # HistoryEntry | None (live results come as a transient entry)
     step_preview = Signal(object)  # uint8 RGB
     progress_changed = Signal(object)  # Progress | None
@@ -95,6 +108,8 @@ class StudioState(QObject):
         self._newest_shown = 0
         self._newest_render = 0
         self._newest_preview = 0
+        self._preview_kinds: dict[int, str] = {}
+        self._dragging = False
         self._encodes: set[int] = set()
         self._pending_name: dict[int, str] = {}
         self._preview_throttle = Throttle(self._send_preview, 33, self)
@@ -141,7 +156,8 @@ class StudioState(QObject):
         self.identity = entry
         self.identity_changed.emit(entry)
         if entry is not None:
-            self._newest_preview = self.client.submit_preview(entry.identity.wplus, self.edits.state)
+            self._dragging = False
+            self._request_preview("exact")
             if self.generation.settings.live:
                 self._final_timer.start()
 
@@ -225,6 +241,7 @@ class StudioState(QObject):
 
     def _on_edits_changed(self, state: EditState, transient: bool) -> None:
         if self.identity is not None:
+            self._dragging = transient
             self._preview_throttle.poke()
             if not transient:
                 self._preview_throttle.flush()
@@ -244,8 +261,24 @@ class StudioState(QObject):
         self._final_timer.start()
 
     def _send_preview(self) -> None:
-        if self.identity is not None:
-            self._newest_preview = self.client.submit_preview(self.identity.identity.wplus, self.edits.state)
+        if self.identity is None:
+            return
+        if self._dragging:
+            self._request_preview("drag")
+        else:
+            self._request_preview("exact" if self.edits.state.is_identity else "settled")
+
+    def _request_preview(self, kind: str) -> int:
+        """Queue the identity's face preview: "exact" (reconstruction), "drag" (128²) or "settled" (256²)."""
+        assert self.identity is not None
+        size = {"exact": EXACT_PREVIEW_SIZE, "drag": DRAG_PREVIEW_SIZE, "settled": SETTLED_PREVIEW_SIZE}[kind]
+        gen = self.client.submit_preview(self.identity.identity.wplus, self.edits.state, size, exact=kind == "exact")
+        self._newest_preview = gen
+        self._preview_kinds = {g: k for g, k in self._preview_kinds.items() if g >= gen - 64}
+        if kind == "exact" and not self.edits.state.is_identity:
+            kind = "exact_edited"
+        self._preview_kinds[gen] = kind
+        return gen
 
     # -- results --------------------------------------------------------------------------------
     def _on_result(self, gen: int, result: Result, live: int) -> None:
@@ -317,6 +350,8 @@ class StudioState(QObject):
 
     def _on_face_preview(self, gen: int, image: np.ndarray) -> None:
         if gen >= self._newest_preview:
+            kind = self._preview_kinds.get(gen, "settled")
+            self.face_preview_caption.emit(PREVIEW_CAPTIONS[kind])
             self.face_preview_changed.emit(image)
 
     def _on_likeness(self, gen: int, value: float) -> None:
@@ -357,7 +392,8 @@ class StudioState(QObject):
         # Edits last so the preview follows the restored identity.
         self.edits.set_state(request.edits)
         if self.identity is not None:
-            self._newest_preview = self.client.submit_preview(self.identity.identity.wplus, self.edits.state)
+            self._dragging = False
+            self._request_preview("exact")
         if source:
             self.status_message.emit(f"Restored the settings of {Path(source).name}.")
 

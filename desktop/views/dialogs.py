@@ -52,7 +52,7 @@ class ModelsDialog(QDialog):
     """What is needed, what was found, verification state; the folder; backend and device."""
 
     apply_requested = Signal(str, str, str)  # models folder, backend, device
-    verify_requested = Signal()
+    verify_requested = Signal()  # hash the model files (the start-up check only looks at them)
 
     def __init__(self, parent: QWidget | None = None) -> None:
         super().__init__(parent)
@@ -77,8 +77,13 @@ class ModelsDialog(QDialog):
         self.backend_reason = QLabel("")
         self.backend_reason.setObjectName("muted")
         self.backend_reason.setWordWrap(True)
-        verify = QPushButton("Verify again")
-        verify.clicked.connect(self.verify_requested)
+        self.verify_button = verify = QPushButton("Verify files")
+        verify.setToolTip("Compare every model file with its published checksum (reads each file once; "
+                          "the check at start-up only looks at presence, size and structure).")
+        verify.clicked.connect(self._verify)
+        self.verify_status = QLabel("")
+        self.verify_status.setObjectName("muted")
+        self._verifying = False
         buttons = QDialogButtonBox(QDialogButtonBox.StandardButton.Apply | QDialogButtonBox.StandardButton.Close)
         buttons.button(QDialogButtonBox.StandardButton.Apply).clicked.connect(self._apply)
         buttons.rejected.connect(self.reject)
@@ -101,7 +106,7 @@ class ModelsDialog(QDialog):
         lay.addWidget(self.backend_reason)
         bottom = QHBoxLayout()
         bottom.addWidget(verify)
-        bottom.addStretch(1)
+        bottom.addWidget(self.verify_status, 1)
         bottom.addWidget(buttons)
         lay.addLayout(bottom)
         self.backend.currentIndexChanged.connect(self._explain)
@@ -111,8 +116,33 @@ class ModelsDialog(QDialog):
         self.folder.setText(folder)
         self.folder_reason.setText(reason)
 
+    def _verify(self) -> None:
+        self._verifying = True
+        self.verify_button.setEnabled(False)
+        self.verify_status.setText("Verifying…")
+        self.verify_requested.emit()
+
+    def set_progress(self, progress: object) -> None:
+        """Show hashing progress (`engine.api.Progress` in bytes), or clear it with None."""
+        if progress is None:
+            self.verify_button.setEnabled(True)
+            return
+        step, total = getattr(progress, "step", 0), getattr(progress, "total", 0)
+        pct = f" — {100 * step // total} % of {total / 1e9:.2f} GB" if total else ""
+        self.verify_status.setText(f"{str(getattr(progress, 'stage', '')).capitalize()}{pct}")
+
     def set_states(self, states: object) -> None:
         self.model.setRowCount(0)
+        if self._verifying:
+            self._verifying = False
+            self.verify_button.setEnabled(True)
+            if isinstance(states, tuple):
+                ok = sum(s.status == ModelStatus.OK for s in states)
+                bad = sum(s.status == ModelStatus.CORRUPT for s in states)
+                self.verify_status.setText(f"Verified: {ok} file(s) match their checksum"
+                                           + (f", {bad} corrupt." if bad else "."))
+            else:
+                self.verify_status.setText("")
         if not isinstance(states, tuple):
             self.summary.setText(f"The models could not be checked: {states}")
             return

@@ -42,8 +42,10 @@ class IdentityPanel(QWidget):
         self.face_view = ImageView("Captured face")
         self.face_view.set_caption("Aligned")
         self.preview_view = ImageView("StyleGAN2 preview")
-        self.preview_view.set_caption("e4e · edited")
-        self.preview_view.setToolTip("The e4e reconstruction of the face; it follows the edit sliders.")
+        self.preview_view.set_caption("e4e reconstruction")
+        self.preview_view.setToolTip(
+            "The face as the W+ code holds it (StyleGAN2 of the e4e checkpoint): the exact reconstruction "
+            "after capture; while a slider moves, a quicker, blurrier draft that follows the edits.")
         for v in (self.face_view, self.preview_view):
             v.setMinimumSize(120, 120)
             v.setMaximumHeight(190)
@@ -51,6 +53,12 @@ class IdentityPanel(QWidget):
         faces.setSpacing(6)
         faces.addWidget(self.face_view)
         faces.addWidget(self.preview_view)
+        # warnings of the encoding (e.g. no face parser: background not whitened), per identity
+        self.note = QLabel("")
+        self.note.setObjectName("identityNote")
+        self.note.setStyleSheet("color: #fbbf24;")  # the theme's warning colour (resources/style.qss)
+        self.note.setWordWrap(True)
+        self.note.hide()
 
         self.list = QListWidget()
         self.list.setObjectName("identityList")
@@ -96,6 +104,7 @@ class IdentityPanel(QWidget):
         head.addWidget(self.name_label)
         lay.addLayout(head)
         lay.addLayout(faces)
+        lay.addWidget(self.note)
         lay.addWidget(self.list, 1)
         lay.addLayout(tools)
         lay.addLayout(mix)
@@ -142,6 +151,11 @@ class IdentityPanel(QWidget):
         self.face_view.set_array(entry.identity.aligned_face if entry else None)
         if entry is None:
             self.preview_view.set_array(None)
+        warnings = [str(w) for w in (entry.identity.info.get("warnings", ()) if entry else ())]
+        self.note.setText("\n".join(f"⚠ {w}" for w in warnings))
+        self.note.setToolTip("How this identity was encoded. Install the missing model and capture again "
+                             "for the official recipe." if warnings else "")
+        self.note.setVisible(bool(warnings))
         self.refresh()
 
     def show_preview(self, image) -> None:

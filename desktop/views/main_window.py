@@ -252,6 +252,7 @@ class MainWindow(QMainWindow):
         rv.ab_toggled.connect(lambda on: s.toggle_ab(on))
         rv.guidance.open_models.connect(self.show_models_dialog)
         s.identity_changed.connect(ip.show_identity)
+        s.face_preview_caption.connect(ip.preview_view.set_caption)
         s.face_preview_changed.connect(ip.show_preview)
         s.result_shown.connect(self._on_result_shown)
         s.step_preview.connect(rv.show_step)
@@ -495,7 +496,8 @@ class MainWindow(QMainWindow):
         if self._models_dialog is None:
             self._models_dialog = ModelsDialog(self)
             self._models_dialog.apply_requested.connect(self.models_apply_requested)
-            self._models_dialog.verify_requested.connect(self.studio.client.check_models)
+            self._models_dialog.verify_requested.connect(lambda: self.studio.client.check_models(verify=True))
+            self.studio.client.models_progress.connect(self._models_dialog.set_progress)
         cfg = self.studio.client.config
         self._models_dialog.set_folder(str(cfg.models_dir), self.paths.models_reason)
         if self.studio.model_states is not None:

@@ -736,6 +736,8 @@ class StyleGANPreview:
     def from_checkpoint(cls, path: str | Path, **kwargs: Any) -> StyleGANPreview:
         """Load from an e4e checkpoint (`.pt` or its safetensors conversion) via `engine.checkpoints`.
 
+        Only the `decoder.*` tensors and `latent_avg` are loaded (a decoder-only file is enough).
+
         Args:
             path: the e4e file.
             **kwargs: passed to the constructor (device, dtype, channels_last, cache).
@@ -751,7 +753,8 @@ class StyleGANPreview:
                 f"{_DISABLED}the e4e checkpoint {p} was not found.",
                 "Put e4e_ffhq_encode.pt into the models folder (`wplus models list` shows where).",
             )
-        ckpt = load_e4e_checkpoint(p)
+        # only the decoder: the 1.07 GB encoder is neither read (safetensors, zip pickles) nor kept
+        ckpt = load_e4e_checkpoint(p, parts=("decoder",))
         return cls.from_state_dict(ckpt.decoder_state, **kwargs)
 
     @classmethod

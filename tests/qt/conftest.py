@@ -30,6 +30,7 @@ def make_app(qtbot, tmp_path: Path) -> Iterator[Callable[..., object]]:
             s.setValue("consent/accepted", "true")
             s.sync()
         options.setdefault("check_binding", False)
+        options.setdefault("preload_faces", False)  # dlib loads only in the tests that use the camera
         opts = AppOptions(models_dir=tmp_path / "models", settings_path=settings_path, log_dir=tmp_path / "logs",
                           data_dir=tmp_path / "data", session_factory=factory or (lambda _cfg: session),
                           metadata=metadata or metadata_module(), **options)

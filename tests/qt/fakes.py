@@ -77,15 +77,27 @@ class FakeSession:
         self.renders_finished: list[GenerateRequest] = []
         self.renders_cancelled: list[GenerateRequest] = []
         self.previews = 0
+        self.preview_requests: list[tuple[int, bool]] = []  # (size, exact) of each preview rendered
+        self.model_checks: list[bool] = []  # verify flag of each model_states call
         self.encodes = 0
         self.closed = False
         self.thread_names: set[str] = set()
 
     # -- protocol -------------------------------------------------------------------------------
-    def model_states(self) -> tuple[ModelState, ...]:
+    def model_states(self, *, verify: bool = False, token: Any = None,
+                     progress: Callable[[Progress], None] | None = None) -> tuple[ModelState, ...]:
+        self._note()
+        self.model_checks.append(verify)
+        if verify and progress is not None:
+            for mid, _role in REQUIRED:  # "hashes" each file in two chunks, like engine.manifest
+                for done in (50, 100):
+                    if token is not None:
+                        token.raise_if_cancelled()
+                    progress(Progress(f"checking {mid}/model.safetensors", done, 100))
+        ok = ModelStatus.OK if verify else ModelStatus.UNVERIFIED
         return tuple(
             ModelState(mid, role, f"{mid}/model.safetensors", True,
-                       ModelStatus.MISSING if mid in self.missing else ModelStatus.OK,
+                       ModelStatus.MISSING if mid in self.missing else ok,
                        licence="non-commercial" if mid != "sd15" else "CreativeML OpenRAIL-M")
             for mid, role in REQUIRED)
 
@@ -153,11 +165,14 @@ class FakeSession:
         return Result(request, images, tuple(request.seed + k for k in range(request.n)),
                       timings={"total": total, "unet": total * 0.9})
 
-    def preview_face(self, wplus: np.ndarray, edits: EditState = EditState(), size: int = 256) -> np.ndarray:
+    def preview_face(self, wplus: np.ndarray, edits: EditState = EditState(), size: int = 256, *,
+                     exact: bool = False) -> np.ndarray:
         self._note()
         if self.preview_delay:
             time.sleep(self.preview_delay)
-        self.previews += 1
+        with self.lock:
+            self.previews += 1
+            self.preview_requests.append((size, exact))
         w = self.apply_edits(wplus, edits)
         v = int(abs(float(w.mean())) * 255) % 256
         return np.full((size, size, 3), (v, 128, 200), np.uint8)

@@ -36,7 +36,25 @@ def test_building_the_window_loads_no_torch():
         "from desktop.app import AppOptions, StudioApp\n"
         "t = Path(tempfile.mkdtemp())\n"
         "s = StudioApp(AppOptions(models_dir=t/'m', settings_path=t/'s.ini', log_dir=t/'l', data_dir=t/'d',"
-        " start_engine=False))\n"
+        " start_engine=False, preload_faces=False))\n"
         "s.window.show(); app.processEvents(); s.shutdown()"
     )
     assert _loaded_after(code) == []
+
+
+def test_face_tracker_preload_loads_dlib_in_the_background_but_no_torch():
+    code = (
+        "import time; from pathlib import Path; import tempfile\n"
+        "from PySide6.QtWidgets import QApplication\n"
+        "app = QApplication([])\n"
+        "from desktop.app import AppOptions, StudioApp\n"
+        "t = Path(tempfile.mkdtemp())\n"
+        "s = StudioApp(AppOptions(models_dir=t/'m', settings_path=t/'s.ini', log_dir=t/'l', data_dir=t/'d',"
+        " start_engine=False))\n"
+        "s.window.show(); app.processEvents()\n"
+        "end = time.monotonic() + 60\n"
+        "while not s.camera.analyzer_ready and time.monotonic() < end: time.sleep(0.05)\n"
+        "assert s.camera.analyzer_ready\n"
+        "s.shutdown()"
+    )
+    assert _loaded_after(code) == ["dlib"]
