@@ -19,6 +19,10 @@ class EngineConfig:
         sd_model: path (absolute or relative to models_dir) of the SD1.5 folder or single file;
             empty means the manifest's default.
         vae: optional separate VAE (the official notebook uses sd-vae-ft-mse).
+        channels_last: NHWC UNet/VAE on CUDA (ignored on the CPU).
+        compile: torch.compile the UNet and VAE decoder (first render of each size compiles, minutes).
+        compile_mode: the inductor mode used when `compile` is on.
+        cuda_graph: replay the UNet step from CUDA graphs (CUDA only; falls back to eager on failure).
     """
 
     models_dir: Path = field(default_factory=lambda: Path("models"))
@@ -31,6 +35,10 @@ class EngineConfig:
     adapter: str = ""
     parser: str = ""
     cache_dir: Path | None = None
+    channels_last: bool = True
+    compile: bool = False
+    compile_mode: str = "max-autotune-no-cudagraphs"
+    cuda_graph: bool = False
 
     def resolve(self, name: str) -> Path:
         """A configured path: absolute as is, else relative to the models folder."""

@@ -93,12 +93,16 @@ class WPlusPipeline:
         device: Any = "cpu",
         dtype: Any = None,
         adapter_hashes: dict[str, str] | None = None,
+        fast: Any = None,
         **kwargs: Any,
     ) -> WPlusPipeline:
-        """A torch pipeline from loaded components (the UNet must have the W+ processors installed)."""
+        """A torch pipeline from loaded components (the UNet must have the W+ processors installed).
+
+        `fast` is an `engine.backends.torch_backend.FastPathOptions` (None: the defaults).
+        """
         from engine.backends.torch_backend import TorchRunners
 
-        runners = TorchRunners(components, wproj, device=device, dtype=dtype)
+        runners = TorchRunners(components, wproj, device=device, dtype=dtype, fast=fast)
         hashes = dict(components.fingerprints)
         hashes.update(adapter_hashes or {})
         model_id = hashlib.sha256(repr(sorted(hashes.items())).encode()).hexdigest()[:16]
@@ -123,9 +127,12 @@ class WPlusPipeline:
         device: str = "auto",
         dtype: str = "auto",
         config_dir: str | Path | None = None,
+        fast: Any = None,
         **kwargs: Any,
     ) -> WPlusPipeline:
         """Load SD1.5 (folder or single file), install and load the adapter, build torch runners.
+
+        `fast`: the torch backend's `FastPathOptions` (None: the defaults).
 
         Raises:
             ModelMissing, ModelCorrupt, WrongModelFamily, UnsafeCheckpoint: from the loaders.
@@ -140,7 +147,8 @@ class WPlusPipeline:
         wproj = load_wplus_adapter(comps.unet, adapter)
         ap = Path(adapter)
         return cls.from_components(
-            comps, wproj, device=dev, dtype=dt, adapter_hashes={f"adapter:{ap.name}": file_fingerprint(ap)}, **kwargs
+            comps, wproj, device=dev, dtype=dt, adapter_hashes={f"adapter:{ap.name}": file_fingerprint(ap)},
+            fast=fast, **kwargs,
         )
 
     @classmethod
@@ -161,13 +169,14 @@ class WPlusPipeline:
                 f"The '{config.backend}' backend is not available for generation in this build.",
                 "Use the torch backend (--backend torch or the settings).",
             )
-        from engine.backends.torch_backend import resolve_device
+        from engine.backends.torch_backend import FastPathOptions, resolve_device
 
         dev, dt = resolve_device(config.device, config.dtype)
         # Not `store.get(...)` here: the session calls this inside its own `store.get` for the pipeline and
         # the store's lock is not re-entrant; the session's entry already caches the whole pipeline.
         del store
-        return cls.from_files(sd_path, adapter_path, vae=vae_path, device=str(dev), dtype=str(dt).split(".")[-1])
+        return cls.from_files(sd_path, adapter_path, vae=vae_path, device=str(dev), dtype=str(dt).split(".")[-1],
+                              fast=FastPathOptions.from_config(config))
 
     # -- conditioning -----------------------------------------------------------------------------
 
