@@ -5,15 +5,20 @@ Builds full-size SD1.5 (UNet, VAE, CLIP ViT-L text encoder from resources/sd15 c
 the real shapes (scaled 1/sqrt(fan_in)) — timing only; fidelity is checked elsewhere against the fixtures.
 `--rule-weights` fills the UNet and adapter with rule wbn-1 instead (numpy on the CPU, ≈1 min more).
 
-Rows: UNet step latency at batch 2 (CFG), 512² (eager fp16 with SDPA; eager with the math attention kernel;
-torch.compile; a CUDA graph of the eager UNet), with the W+ branch skipped (scale 0.0) and computed;
-slider-to-image latency (30 steps, start ratio 20, euler: uncached vs. resumed from the step cache);
-VAE decode; e4e encode; peak GPU memory.
+Everything timed is the PRODUCT path: `TorchRunners` with `FastPathOptions` (engine/backends/torch_backend.py)
+and `WPlusPipeline` over them. Rows: UNet step latency at batch 2 (CFG), 512²: eager fp16 SDPA (W+ branch
+skipped with scale 0.0 / computed), the math attention kernel for comparison, channels_last, CUDA-graph
+replay, torch.compile (first call = compile time) and compile + CUDA graph; slider-to-image p50 (30 steps,
+start ratio 20 → W+ from step 7, euler; uncached and resumed from the step cache) on the eager runners and
+on the fastest runners; the guarded fp16 VAE decode and its float32 fallback; e4e encode; peak GPU memory.
+
+Budget: one call under 8 minutes on an H100 (compile mode "default"; "max-autotune-no-cudagraphs", the
+product's default when compile is switched on, autotunes for several more minutes: `--compile-mode`).
 
 `--dry-run` runs every code path on the CPU with tiny models in float32 (torch.compile with the "eager"
-backend, no CUDA graph) so the script is known to work before a GPU is spent on it.
+backend; CUDA graphs report "off" there) so the script is known to work before a GPU is spent on it.
 
-Usage: python bench/gpu.py [--dry-run] [--no-compile] [--rule-weights] [--iters 20]
+Usage: python bench/gpu.py [--dry-run] [--no-compile] [--compile-mode MODE] [--rule-weights] [--iters 20]
 """
 
 from __future__ import annotations
@@ -87,7 +92,7 @@ def _on_device(factory, device, dtype, seed: int) -> Any:
 
 
 def build(args: argparse.Namespace, device: Any, dtype: Any) -> tuple[Any, Any, Any, dict[str, str]]:
-    """(pipeline, e4e encoder, raw UNet module, notes)."""
+    """(SD15Components with the W+ processors, WProj, e4e encoder, notes), all on `device` in `dtype`."""
     import torch
 
     from engine.networks.sd15 import (
@@ -100,7 +105,6 @@ def build(args: argparse.Namespace, device: Any, dtype: Any) -> tuple[Any, Any, 
         load_tokenizer,
     )
     from engine.networks.wplus import WProj, install_wplus_processors
-    from engine.pipeline.generate import WPlusPipeline
 
     notes: dict[str, str] = {}
     if args.dry_run:
@@ -147,19 +151,51 @@ def build(args: argparse.Namespace, device: Any, dtype: Any) -> tuple[Any, Any, 
     comps = SD15Components(unet, vae, clip, load_tokenizer(), _load_json(default_config_dir() / "scheduler" /
                                                                           "scheduler_config.json"),
                            source="bench", fingerprints={"bench": "random"})
-    pipe = WPlusPipeline.from_components(comps, wproj, device=device, dtype=dtype)
 
     from engine.networks.e4e import E4EEncoder
 
     e4e = _on_device(E4EEncoder, device, dtype, 6)
-    return pipe, e4e, unet, notes
+    return comps, wproj, e4e, notes
+
+
+def pipeline_on(runners: Any, comps: Any) -> Any:
+    """A WPlusPipeline over given runners (as `WPlusPipeline.from_components` builds it, minus the runners)."""
+    from engine.pipeline.generate import WPlusPipeline
+
+    return WPlusPipeline(runners, comps.tokenizer, comps.scheduler_config, model_id="bench",
+                         vae_scaling_factor=float(comps.vae.config.scaling_factor),
+                         vae_scale_factor=comps.vae_scale_factor)
+
+
+def slider_p50(pipe: Any, req: Any, device: Any, reps: int) -> tuple[float, float, float, float]:
+    """(first render s, uncached p50 s, step-cached p50 s, steps reused) for slider moves of `req`."""
+    t = time.perf_counter()
+    pipe.render_float(req)  # first call: text/token caches, cuDNN plans, graph captures, compilation
+    _sync(device)
+    first = time.perf_counter() - t
+    uncached, cached = [], []
+    reused = 0.0
+    for i in range(reps):
+        pipe.step_cache.clear()
+        _sync(device)
+        t = time.perf_counter()
+        pipe.render_float(req.replace(scale=1.0 - 0.05 * i))
+        _sync(device)
+        uncached.append(time.perf_counter() - t)
+        # The slider moves: same prompt/seed, another scale → resumes after the identity-free prefix.
+        t = time.perf_counter()
+        _, _, tm = pipe.render_float(req.replace(scale=0.9 - 0.1 * i))
+        _sync(device)
+        cached.append(time.perf_counter() - t)
+        reused = tm["steps_cached"]
+    return first, statistics.median(uncached), statistics.median(cached), reused
 
 
 def run(args: argparse.Namespace) -> list[tuple[str, str]]:
     import torch
 
     from engine.api import GenerateRequest
-    from engine.networks.wplus import WPlusUNet
+    from engine.backends.torch_backend import FastPathOptions, TorchRunners
     from engine.testing.tiny import tiny_wplus
 
     if args.dry_run:
@@ -173,86 +209,108 @@ def run(args: argparse.Namespace) -> list[tuple[str, str]]:
         torch.backends.cudnn.benchmark = True
     iters = 2 if args.dry_run else args.iters
     warm = 1 if args.dry_run else 3
+    reps = 1 if args.dry_run else 5
+    backend = "eager" if args.dry_run else "inductor"
     rows: list[tuple[str, str]] = []
-    gpu = torch.cuda.get_device_name(0) if device.type == "cuda" else f"CPU ({platform.processor() or 'x86_64'})"
-    rows += [("device", gpu), ("torch", torch.__version__), ("date", datetime.date.today().isoformat())]
+    if device.type == "cuda":
+        gpu = torch.cuda.get_device_name(0)
+        versions = f"{torch.__version__} (CUDA {torch.version.cuda}, cuDNN {torch.backends.cudnn.version()})"
+    else:
+        gpu = f"CPU ({platform.processor() or platform.machine()}), dry run"
+        versions = torch.__version__
+    rows += [("device", gpu), ("torch", versions),
+             ("date", datetime.datetime.now(datetime.UTC).strftime("%Y-%m-%d %H:%M UTC"))]
     t0 = time.perf_counter()
-    pipe, e4e, unet, notes = build(args, device, dtype)
+    comps, wproj, e4e, notes = build(args, device, dtype)
     rows += [("weights", notes["weights"]), ("build on device", notes["build_s"])]
 
     size = 64 if args.dry_run else 512
     lat = size // 8
-    model = WPlusUNet(unet).eval()
-    x = torch.randn(2, 4, lat, lat, device=device, dtype=dtype)
-    ts = torch.full((2,), 500.0, device=device)
-    text = torch.randn(2, 77, 768, device=device, dtype=dtype)
-    tok = torch.randn(2, 4, 768, device=device, dtype=dtype)
-    scale_t = torch.ones(1, device=device, dtype=dtype)
-    with torch.no_grad():
-        for label, scale in (("W+ skipped (scale 0.0)", 0.0), ("W+ computed (tensor scale)", scale_t)):
-            s = timeit(lambda scale=scale: model(x, ts, text, tok, scale), device, warm, iters)
-            rows.append((f"UNet step, batch 2, {size}², eager {str(dtype)[6:]} SDPA, {label}", f"{s * 1e3:.2f} ms"))
-        from torch.nn.attention import SDPBackend, sdpa_kernel
+    g = torch.Generator().manual_seed(0)
+    x = torch.randn(2, 4, lat, lat, generator=g).to(device, dtype)
+    ts = torch.full((1,), 500.0, device=device).expand(2)  # as the pipeline passes it
+    text = torch.randn(2, 77, 768, generator=g).to(device, dtype)
+    tok = torch.randn(2, 4, 768, generator=g).to(device, dtype)
+    inputs = {"sample": x, "timestep": ts, "text_embeds": text, "wplus_tokens": tok}
+    dt = str(dtype).replace("torch.", "")
+    step = f"UNet step, batch 2, {size}²"
 
-        with sdpa_kernel(SDPBackend.MATH):
-            s = timeit(lambda: model(x, ts, text, tok, scale_t), device, warm, iters)
-        rows.append((f"UNet step, batch 2, {size}², eager, math attention kernel", f"{s * 1e3:.2f} ms"))
+    def step_ms(fn: Any, scale: Any) -> str:
+        return f"{timeit(lambda: fn(**inputs, wplus_scale=scale), device, warm, iters) * 1e3:.2f} ms"
 
-        if not args.no_compile:
-            t = time.perf_counter()
-            compiled = torch.compile(model, backend="eager" if args.dry_run else "inductor", dynamic=False)
-            compiled(x, ts, text, tok, scale_t)
-            _sync(device)
-            rows.append(("torch.compile: first call (compile time)", f"{time.perf_counter() - t:.1f} s"))
-            s = timeit(lambda: compiled(x, ts, text, tok, scale_t), device, warm, iters)
-            rows.append((f"UNet step, batch 2, {size}², torch.compile", f"{s * 1e3:.2f} ms"))
+    # 1. eager, contiguous (NCHW) weights: the product with every fast-path flag off.
+    plain = TorchRunners(comps, wproj, device=device, dtype=dtype, fast=FastPathOptions(channels_last=False))
+    unet = plain.get("unet")
+    rows.append((f"{step}, eager {dt} SDPA, W+ skipped (scale 0.0)", step_ms(unet, 0.0)))
+    rows.append((f"{step}, eager {dt} SDPA, W+ computed (scale 0.8)", step_ms(unet, 0.8)))
+    from torch.nn.attention import SDPBackend, sdpa_kernel
 
-        if device.type == "cuda":
-            static = [x.clone(), ts.clone(), text.clone(), tok.clone(), scale_t.clone()]
-            stream = torch.cuda.Stream()
-            stream.wait_stream(torch.cuda.current_stream())
-            with torch.cuda.stream(stream):
-                for _ in range(3):
-                    model(*static)
-            torch.cuda.current_stream().wait_stream(stream)
-            graph = torch.cuda.CUDAGraph()
-            with torch.cuda.graph(graph):
-                out = model(*static)
-            s = timeit(graph.replay, device, warm, iters)
-            rows.append((f"UNet step, batch 2, {size}², CUDA graph (eager kernels)", f"{s * 1e3:.2f} ms"))
-            static[4].fill_(0.5)  # the scale is a runtime input of the captured graph
-            graph.replay()
-            _sync(device)
-            if not torch.isfinite(out).all():
-                rows.append(("CUDA graph output", "NOT FINITE"))
-        else:
-            rows.append(("UNet step, CUDA graph", "n/a on CPU"))
+    with sdpa_kernel(SDPBackend.MATH):
+        rows.append((f"{step}, eager, math attention kernel (for comparison)", step_ms(unet, 0.8)))
 
+    # 2. channels_last (converts the shared modules in place: every runner from here on is NHWC on CUDA).
+    eager = TorchRunners(comps, wproj, device=device, dtype=dtype, fast=FastPathOptions())
+    rows.append((f"{step}, eager + channels_last ({eager.fast_status()['channels_last']}), scale 0.8",
+                 step_ms(eager.get("unet"), 0.8)))
+
+    # 3. CUDA graphs of the eager UNet.
+    graphed = TorchRunners(comps, wproj, device=device, dtype=dtype, fast=FastPathOptions(cuda_graph=True))
+    rows.append((f"{step}, CUDA graph, scale 0.0 (graph without the W+ branch)", step_ms(graphed.get("unet"), 0.0)))
+    rows.append((f"{step}, CUDA graph, scale 0.8 (scale buffer)", step_ms(graphed.get("unet"), 0.8)))
+    rows.append(("CUDA graph status", graphed.fast_status()["cuda_graph"]))
+    best = graphed
+
+    # 4. torch.compile (one compiled module; timed without and with our CUDA graphs around it).
+    if not args.no_compile:
+        fast = FastPathOptions(compile=True, compile_mode=args.compile_mode, cuda_graph=True,
+                               compile_backend=backend)
+        compiled = TorchRunners(comps, wproj, device=device, dtype=dtype, fast=fast)
+        t = time.perf_counter()
+        with torch.no_grad():
+            for scale in (0.0, 0.8):
+                compiled.unet_step.fn(x, ts.contiguous(), text, tok, compiled.unet_step.prepare_scale(scale))
+        _sync(device)
+        rows.append((f"torch.compile ({backend}, mode {args.compile_mode}): UNet compile, both variants",
+                     f"{time.perf_counter() - t:.1f} s"))
+
+        def compiled_only(**kw: Any) -> Any:
+            s = compiled.unet_step.prepare_scale(kw.pop("wplus_scale"))
+            with torch.no_grad():
+                return compiled.unet_step.fn(kw["sample"], kw["timestep"].contiguous(), kw["text_embeds"],
+                                             kw["wplus_tokens"], s)
+
+        rows.append((f"{step}, torch.compile, scale 0.8", step_ms(compiled_only, 0.8)))
+        rows.append((f"{step}, torch.compile + CUDA graph, scale 0.0", step_ms(compiled.get("unet"), 0.0)))
+        rows.append((f"{step}, torch.compile + CUDA graph, scale 0.8", step_ms(compiled.get("unet"), 0.8)))
+        z = torch.randn(1, 4, lat, lat, generator=g).to(device, dtype)
+        t = time.perf_counter()
+        compiled.get("vae_decoder")(latent=z)
+        _sync(device)
+        rows.append(("torch.compile: VAE decoder compile", f"{time.perf_counter() - t:.1f} s"))
+        status = compiled.fast_status()
+        rows.append(("compile status (UNet / VAE)", f"{status['compile_unet']} / {status['compile_vae']}"))
+        if status["compile_unet"] == "on":
+            best = compiled
+
+    # 5. slider → image on the product pipeline: eager runners vs. the fastest runners above.
     steps = 4 if args.dry_run else 30
     req = GenerateRequest(steps=steps, start_ratio=20.0, width=size, height=size, wplus=tiny_wplus(1), seed=23)
-    pipe.render_float(req)  # warm-up: text and token caches, kernels
-    uncached, cached = [], []
-    for i in range(1 if args.dry_run else 3):
-        pipe.step_cache.clear()
-        _sync(device)
-        t = time.perf_counter()
-        pipe.render_float(req.replace(scale=1.0))
-        _sync(device)
-        uncached.append(time.perf_counter() - t)
-        t = time.perf_counter()
-        _, _, tm = pipe.render_float(req.replace(scale=0.9 - 0.1 * i))
-        _sync(device)
-        cached.append(time.perf_counter() - t)
-    u, c = statistics.median(uncached), statistics.median(cached)
-    rows.append((f"slider → image, {steps} steps ratio 20, uncached", f"{u * 1e3:.0f} ms"))
-    rows.append((f"slider → image, {steps} steps ratio 20, step cache ({tm['steps_cached']:.0f} steps reused)",
-                 f"{c * 1e3:.0f} ms  ({u / c:.2f}×)"))
+    label = f"{steps} steps, W+ from step {req.start_step + 1}"
+    for name, runners in (("eager + channels_last", eager), ("fastest: " + _describe(best), best)):
+        first, u, c, reused = slider_p50(pipeline_on(runners, comps), req, device, reps)
+        rows.append((f"slider → image p50, {label}, uncached, {name}", f"{u * 1e3:.0f} ms"))
+        rows.append((f"slider → image p50, {label}, step cache ({reused:.0f} steps reused), {name}",
+                     f"{c * 1e3:.0f} ms  ({u / c:.2f}×; first render {first:.1f} s)"))
 
-    vae = pipe.runners.get("vae_decoder")
-    z = torch.randn(1, 4, lat, lat, device=device, dtype=dtype)
+    # 6. VAE decode: the guarded low-precision decode and its float32 fallback.
+    vae = eager.get("vae_decoder")
+    z = torch.randn(1, 4, lat, lat, generator=g).to(device, dtype)
     with torch.no_grad():
         s = timeit(lambda: vae(latent=z), device, 1, max(2, iters // 4))
-    rows.append((f"VAE decode 1×4×{lat}×{lat} → {size}²", f"{s * 1e3:.1f} ms"))
+        rows.append((f"VAE decode 1×4×{lat}×{lat} → {size}², {eager.fast_status()['vae_decode']}", f"{s * 1e3:.1f} ms"))
+        fp32 = eager.vae_decode.float32_module()
+        s = timeit(lambda: fp32(z.float()), device, 1, max(2, iters // 4))
+    rows.append((f"VAE decode {size}², float32 fallback copy", f"{s * 1e3:.1f} ms"))
     face = torch.rand(1, 3, 256, 256, device=device, dtype=dtype) * 2 - 1
     with torch.no_grad():
         s = timeit(lambda: e4e(face), device, 1, max(2, iters // 4))
@@ -263,10 +321,24 @@ def run(args: argparse.Namespace) -> list[tuple[str, str]]:
     return rows
 
 
+def _describe(runners: Any) -> str:
+    st = runners.fast_status()
+    parts = [st["dtype"]]
+    if st["channels_last"] == "on":
+        parts.append("channels_last")
+    if st["compile_unet"] == "on":
+        parts.append("compiled")
+    if st["cuda_graph"].startswith("on"):
+        parts.append("CUDA graph")
+    return " + ".join(parts)
+
+
 def main(argv: list[str] | None = None) -> int:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--dry-run", action="store_true", help="CPU, tiny models, float32: proves the code paths")
     ap.add_argument("--no-compile", action="store_true", help="skip torch.compile (saves its compile time)")
+    ap.add_argument("--compile-mode", default="default",
+                    help="inductor mode (the product's default is max-autotune-no-cudagraphs: minutes more)")
     ap.add_argument("--rule-weights", action="store_true", help="rule wbn-1 weights for the UNet and adapter")
     ap.add_argument("--iters", type=int, default=20)
     ap.add_argument("--threads", type=int, default=2, help="CPU threads for --dry-run")

@@ -161,7 +161,11 @@ class UNetStep:
     ) -> torch.Tensor:
         if not (self.fn.active or self.graphs_enabled):
             return self.module(sample, timestep, text_embeds, wplus_tokens, wplus_scale)
-        scale = self._scale(wplus_scale)
+        scale = self.prepare_scale(wplus_scale)
+        if isinstance(timestep, torch.Tensor):
+            # The pipeline passes t.expand(batch) (stride 0); dynamo guards strides, so one layout means one
+            # compiled graph per shape instead of two.
+            timestep = timestep.contiguous()
         if self.graphs_enabled:
             inputs = {"sample": sample, "timestep": timestep, "text_embeds": text_embeds, "wplus_tokens": wplus_tokens}
             out = self._replay(inputs, scale)
@@ -169,7 +173,8 @@ class UNetStep:
                 return out
         return self.fn(sample, timestep, text_embeds, wplus_tokens, scale)
 
-    def _scale(self, scale: torch.Tensor | float) -> torch.Tensor | float:
+    def prepare_scale(self, scale: torch.Tensor | float) -> torch.Tensor | float:
+        """The scale as the compiled/graphed step takes it: 0.0 stays a float, other floats a float32 (1,)."""
         if isinstance(scale, torch.Tensor):
             return scale
         if float(scale) == 0.0:
