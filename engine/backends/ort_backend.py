@@ -218,6 +218,9 @@ def open_session(path: str | os.PathLike[str], providers: Sequence[str], *, thre
     if threads:
         options.intra_op_num_threads = threads
     options.log_severity_level = 3
+    # Idle ORT workers busy-wait by default; in a desktop app that alternates ORT calls with torch
+    # (scheduler, previews) and the GUI, the spinning threads steal the cores the others need.
+    options.add_session_config_entry("session.intra_op.allow_spinning", "0")
     try:
         return ort.InferenceSession(str(path), sess_options=options, providers=list(providers))
     except Exception as exc:  # ORT raises Fail/InvalidProtobuf/RuntimeException for damaged files
