@@ -156,3 +156,23 @@ def test_export_arguments_are_checked(tmp_path):
     with pytest.raises(InvalidInput, match="not a positive multiple of 8"):
         ShapeProfile.static(500, 512)
     assert not list(tmp_path.iterdir())  # nothing half-written
+
+
+def test_verification_refuses_nan_and_inf_and_large_differences():
+    from export.verify import VerificationFailed, VerifyReport, compare
+
+    ref = {"wplus_tokens": torch.ones(1, 4, 768)}
+    bad = ref["wplus_tokens"].clone()
+    bad[0, 0, 0] = float("nan")
+    bad[0, 1, 0] = float("inf")
+    checks = compare("identity_proj", ref, {"wplus_tokens": bad})
+    assert checks[0].nonfinite == 2
+    assert not checks[0].ok
+    report = VerifyReport("identity_proj", "fp32", checks, seed=0)
+    with pytest.raises(VerificationFailed, match=r"2 NaN/Inf — FAILED"):
+        report.raise_for_failure()
+    off = compare("identity_proj", ref, {"wplus_tokens": ref["wplus_tokens"] + 2e-5})
+    assert not off[0].ok  # WProj's fp32 limit is 1e-5
+    assert compare("identity_proj", ref, {"wplus_tokens": ref["wplus_tokens"] + 5e-6})[0].ok
+    with pytest.raises(VerificationFailed, match="has shape"):
+        compare("identity_proj", ref, {"wplus_tokens": torch.ones(1, 4, 767)})
