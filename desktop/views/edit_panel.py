@@ -89,7 +89,24 @@ class EditPanel(QWidget):
                 box_lay.addWidget(s)
             self._body_layout.addWidget(box)
         self._body_layout.addStretch(1)
+        self._align_labels()
         self._on_state(self.edits.state, False)
+
+    def _align_labels(self) -> None:
+        """One label width for every slider, so the tracks line up (long labels are elided, full in the tooltip)."""
+        if not self.sliders:
+            return
+        metrics = next(iter(self.sliders.values())).label.fontMetrics()
+        # the bold (moved) state is wider; leave room for it
+        widest = max(metrics.horizontalAdvance(s.label.text()) for s in self.sliders.values())
+        width = min(int(widest * 1.08) + 6, 150)
+        for s in self.sliders.values():
+            full = s.label.text()
+            s.label.setFixedWidth(width)
+            elided = metrics.elidedText(full, Qt.TextElideMode.ElideRight, width - 4)
+            if elided != full:
+                s.label.setText(elided)
+                s.label.setToolTip(f"{full} — {s.toolTip()}" if s.toolTip() else full)
 
     def _on_state(self, state: EditState, transient: bool) -> None:
         if transient:

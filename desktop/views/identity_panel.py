@@ -56,7 +56,7 @@ class IdentityPanel(QWidget):
         # warnings of the encoding (e.g. no face parser: background not whitened), per identity
         self.note = QLabel("")
         self.note.setObjectName("identityNote")
-        self.note.setStyleSheet("color: #fbbf24;")  # the theme's warning colour (resources/style.qss)
+        self.note.setStyleSheet("color: #fbbf24; font-size: 8.5pt;")  # the theme's warning colour (resources/style.qss)
         self.note.setWordWrap(True)
         self.note.hide()
 

@@ -1,16 +1,21 @@
-"""Take docs/screenshots/main_window.png: the real app under Xvfb on the real engine with tiny models.
+"""Take docs/screenshots/main_window.png: a REAL capture in the real app under Xvfb.
 
-What is real: the window, the engine session (engine.session.Session on engine.testing.tiny's tiny
-SD1.5 + W+ adapter with random weights — so the generated picture is texture, not a portrait), the
-camera panel's still source with engine.faces' live face box and landmarks, the FFHQ alignment of
-the captured face. What stands in: the W+ code (the e4e fixture of ../shared/fixtures), because the
-e4e weights are not on this machine. The face is scikit-image's `astronaut.png` (NASA, public domain).
+Everything runs for real — the window, the camera thread playing a still photo, engine.faces' live face
+box and landmarks, Capture (Space) → detection → FFHQ alignment → e4e → W+ (the face parser is absent,
+so whitening is skipped and the identity panel says so) → the StyleGAN2 reconstruction preview → a slider
+edit → generation with the W+ adapter → the result on screen — except the weights, which cannot be on
+this machine: the e4e checkpoint (encoder and StyleGAN2 decoder, 1.2 GB, official layout) carries the
+deterministic rule-wbn-1/wbn-1d weights of engine.testing, and SD1.5 + the W+ adapter are the tiny
+random-weight models of engine.testing.tiny. The face preview and the generated pictures are therefore
+coloured noise, honestly. The photo is scikit-image's `astronaut.png` (NASA, public domain).
 
-Usage: docs/screenshots/shoot.sh  (runs this under xvfb-run at 1440×900)
+Usage: docs/screenshots/shoot.sh [out.png]  (runs this under xvfb-run at 1440×900; ≈1–2 min on 2 cores)
+Set WPLUS_SHOT_MODELS to a folder to keep (and reuse) the written models.
 """
 
 from __future__ import annotations
 
+import json
 import os
 import sys
 import tempfile
@@ -20,25 +25,41 @@ from pathlib import Path
 REPO = Path(__file__).resolve().parents[2]
 sys.path.insert(0, str(REPO))
 
+PROMPT = "portrait of a woman as an astronaut, oil painting, dramatic light"
+
+
+def write_models(models: Path, shared: Path) -> Path:
+    """Tiny SD1.5 + W+ adapter, and the full-size rule-weight e4e checkpoint, into `models` (once)."""
+    from engine.testing.official_files import write_official_e4e
+    from engine.testing.tiny import write_tiny_models
+
+    marker = models / ".complete"
+    if marker.is_file():
+        return models
+    models.mkdir(parents=True, exist_ok=True)
+    write_tiny_models(models)
+    keys = json.loads((shared / "fixtures" / "e4e_manifest.json").read_text())["keys"]
+    write_official_e4e(models / "e4e_ffhq_encode.pt", {e["key"]: tuple(e["shape"]) for e in keys})
+    marker.write_text("ok", encoding="utf-8")
+    return models
+
 
 def main() -> int:
-    import numpy as np
     import skimage
     from PySide6.QtWidgets import QApplication  # noqa: TID251 - drives the GUI
 
     from desktop.app import AppOptions, StudioApp
-    from desktop.camera.sources import read_image_rgb
-    from engine.api import EditState, Identity
-    from engine.testing.tiny import tiny_config, write_tiny_models
+    from engine.testing.tiny import tiny_config
 
     out = Path(sys.argv[1]) if len(sys.argv) > 1 else REPO / "docs" / "screenshots" / "main_window.png"
     face_path = Path(skimage.__file__).parent / "data" / "astronaut.png"
-    fixture_wplus = Path(os.environ.get("WPLUS_SHARED", REPO.parent / "shared")) / "fixtures" / "e4e_expected.npy"
+    shared = Path(os.environ.get("WPLUS_SHARED", REPO.parent / "shared"))
     tmp = Path(tempfile.mkdtemp(prefix="wplus-shot-"))
-    models = Path(os.environ.get("WPLUS_TINY_MODELS", tmp / "models"))
-    if not (models / "wplus_adapter.bin").is_file():
-        write_tiny_models(models)
-    cfg = tiny_config(models)
+    models = Path(os.environ.get("WPLUS_SHOT_MODELS", tmp / "models"))
+    t0 = time.monotonic()
+    write_models(models, shared)
+    print(f"models ready in {time.monotonic() - t0:.0f} s: {models}")
+    cfg = tiny_config(models)  # tiny SD1.5 + adapter; e4e found in the folder by its official name
 
     def factory(_c):
         from engine.session import Session
@@ -46,7 +67,8 @@ def main() -> int:
         return Session(cfg)
 
     qapp = QApplication.instance() or QApplication([])
-    app = StudioApp(AppOptions(models_dir=models, settings_path=tmp / "settings.ini", log_dir=tmp / "logs",
+    settings = tmp / "settings.ini"
+    app = StudioApp(AppOptions(models_dir=models, settings_path=settings, log_dir=tmp / "logs",
                                data_dir=tmp / "data", session_factory=factory), qapp)
     app.settings.setValue("consent/accepted", "true")
     w = app.window
@@ -54,52 +76,48 @@ def main() -> int:
     w.resize(1440, 900)
     w.show()
 
-    def pump(seconds: float, until=None) -> None:
+    def pump(seconds: float, until=None, what: str = "") -> None:
         end = time.monotonic() + seconds
         while time.monotonic() < end and not (until and until()):
             qapp.processEvents()
             time.sleep(0.01)
+        if what and until is not None and not until():
+            raise SystemExit(f"timed out waiting for {what}")
 
-    pump(180, lambda: bool(app.studio.catalog))
-    # the camera panel: the photo as a still source, tracked by engine.faces
+    def fail_on_error(info) -> None:
+        print(f"engine error: {info.message} — {info.hint}", file=sys.stderr)
+
+    app.studio.error.connect(fail_on_error)
+    pump(180, lambda: bool(app.studio.catalog), "the engine")
+    # the camera: the photo as a still source, tracked by engine.faces
     w.camera_panel.picker.addItem("astronaut.png (still)", f"file:{face_path}")
     w.camera_panel.picker.setCurrentIndex(w.camera_panel.picker.count() - 1)
     w.camera_panel.toggle.setChecked(True)
-    pump(30, lambda: w.camera_panel.view.analysis is not None and w.camera_panel.view.analysis.box is not None)
-
-    # the identity: the photo aligned by the real FFHQ recipe; W+ from the e4e fixture (see docstring)
-    from engine.faces.align import align_face
-    from engine.faces.detect import FaceDetector
-
-    photo = read_image_rgb(face_path)
-    box = FaceDetector().detect(photo)[0]
-    aligned, _ = align_face(photo, box.landmarks)
-    wplus = np.load(fixture_wplus).astype(np.float32).reshape(1, 18, 512)
-    older = app.library.add(Identity("", "Model sheet", np.roll(wplus, 7, axis=2),
-                                     np.ascontiguousarray(aligned[:, ::-1])))
-    entry = app.library.add(Identity("", "Eileen (astronaut.png)", wplus, aligned, source=str(face_path)))
-    del older
-    app.studio.select_identity(entry.identity.id)
-    app.studio.generation.update(prompt="portrait of a woman as an astronaut, oil painting, dramatic light",
-                                 width=256, height=256, steps=12, seed=23)
-    app.edits.set_state(EditState.from_mapping({}))
-    for seed in (23, 24, 25):
+    pump(60, lambda: w.camera_panel.view.analysis is not None and w.camera_panel.view.analysis.box is not None,
+         "the face box")
+    # Capture (what Space does): detect → align → e4e on the worker; then the exact reconstruction preview
+    t0 = time.monotonic()
+    w.capture()
+    pump(300, lambda: app.studio.identity is not None, "the captured identity")
+    pump(120, lambda: w.identity_panel.preview_view.has_image, "the reconstruction preview")
+    print(f"capture → identity + reconstruction in {time.monotonic() - t0:.1f} s")
+    # a slider moved (committed: one undo step), then a generation with the tiny SD1.5
+    app.studio.generation.update(prompt=PROMPT, width=256, height=256, steps=12, seed=23)
+    sliders = list(w.edit_panel.sliders)
+    age = "age" if "age" in sliders else sliders[0]
+    app.edits.set_value(age, 1.5)
+    pump(60, lambda: w.identity_panel.preview_view._caption.startswith("edited"), "the edited preview")
+    for seed in (23, 24):
         app.studio.generation.update(seed=seed)
         gen = app.studio.generate()
-        pump(600, lambda g=gen: app.studio.shown is not None and app.studio.shown.gen == g)
-    sliders = list(w.edit_panel.sliders)
-    if len(sliders) >= 3:
-        app.edits.set_state(EditState.from_mapping({sliders[0]: 1.5, sliders[2]: -1.0}))
-    gen = app.studio.generate()
-    pump(600, lambda: app.studio.shown is not None and app.studio.shown.gen == gen)
-    pump(3, lambda: bool(w.result_view.likeness_label.text()))
-    w.banner.dismiss()  # the StyleGAN2 preview has no weights here; its error would cover the top
+        pump(600, lambda g=gen: app.studio.shown is not None and app.studio.shown.gen == g, "a result")
+    pump(5, lambda: bool(w.result_view.likeness_label.text()))
     w.result_view.image.set_caption(w.result_view.image._caption + " · tiny random SD1.5 weights")
     pump(1.0)
     shot = qapp.primaryScreen().grabWindow(0, 0, 0, 1440, 900)
     out.parent.mkdir(parents=True, exist_ok=True)
     ok = shot.save(str(out), "PNG")
-    print(f"saved {out}: {ok} ({shot.width()}×{shot.height()})")
+    print(f"saved {out}: {ok} ({shot.width()}×{shot.height()}), identity info: {app.studio.identity.identity.info}")
     app.shutdown()
     return 0 if ok else 1
 

@@ -11,7 +11,7 @@ tiny = pytest.importorskip(
 
 @pytest.fixture(scope="module")
 def tiny_models(tmp_path_factory):
-    return tiny.write_tiny_models(tmp_path_factory.mktemp("tiny") / "models")
+    return tiny.cached_tiny_models(tmp_path_factory.getbasetemp())  # shared by the real-engine Qt tests
 
 
 def test_real_engine_renders_an_image_into_the_window(qtbot, make_app, tiny_models):
