@@ -99,7 +99,7 @@ class EditPanel(QWidget):
         metrics = next(iter(self.sliders.values())).label.fontMetrics()
         # the bold (moved) state is wider; leave room for it
         widest = max(metrics.horizontalAdvance(s.label.text()) for s in self.sliders.values())
-        width = min(int(widest * 1.08) + 6, 150)
+        width = min(int(widest * 1.08) + 6, 124)
         for s in self.sliders.values():
             full = s.label.text()
             s.label.setFixedWidth(width)

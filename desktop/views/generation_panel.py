@@ -47,7 +47,7 @@ class GenerationPanel(QWidget):
         self.prompt.setTabChangesFocus(True)
         self.negative = QPlainTextEdit()
         self.negative.setPlaceholderText("Negative prompt")
-        self.negative.setFixedHeight(44)
+        self.negative.setFixedHeight(54)  # two whole lines
         self.negative.setTabChangesFocus(True)
 
         self.seed = QSpinBox()

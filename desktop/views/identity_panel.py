@@ -143,7 +143,11 @@ class IdentityPanel(QWidget):
             combo.setCurrentIndex(i if i >= 0 else min(default, combo.count() - 1))
         if self.mix_a.count() >= 2 and self.mix_a.currentIndex() == self.mix_b.currentIndex():
             self.mix_b.setCurrentIndex(1 if self.mix_a.currentIndex() == 0 else 0)
-        self.mix_button.setEnabled(len(entries) >= 2)
+        can_mix = len(entries) >= 2
+        for w in (self.mix_button, self.mix_a, self.mix_b, self.mix_slider):
+            w.setEnabled(can_mix)
+        if not can_mix:
+            self.mix_b.setCurrentIndex(-1)  # one identity: nothing to mix it with
 
     def show_identity(self, entry: IdentityEntry | None) -> None:
         self._current_id = entry.identity.id if entry else ""

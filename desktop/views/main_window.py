@@ -115,7 +115,7 @@ class MainWindow(QMainWindow):
         self.splitter.setStretchFactor(0, 0)
         self.splitter.setStretchFactor(1, 1)
         self.splitter.setStretchFactor(2, 0)
-        self.splitter.setSizes([380, 680, 380])
+        self.splitter.setSizes([370, 660, 410])
         self._left, self._right = left, right
         root = QWidget()
         root.setObjectName("root")

@@ -115,11 +115,24 @@ def main() -> int:
     w.result_view.image.set_caption(w.result_view.image._caption + " · tiny random SD1.5 weights")
     pump(1.0)
     shot = qapp.primaryScreen().grabWindow(0, 0, 0, 1440, 900)
-    out.parent.mkdir(parents=True, exist_ok=True)
-    ok = shot.save(str(out), "PNG")
-    print(f"saved {out}: {ok} ({shot.width()}×{shot.height()}), identity info: {app.studio.identity.identity.info}")
+    raw = tmp / "shot.png"
+    ok = shot.save(str(raw), "PNG")
     app.shutdown()
-    return 0 if ok else 1
+    if not ok:
+        return 1
+    save_small_png(raw, out)
+    print(f"saved {out} ({out.stat().st_size / 1024:.0f} KB, {shot.width()}×{shot.height()}); "
+          f"identity info: {app.studio.identity.identity.info if app.studio.identity else None}")
+    return 0
+
+
+def save_small_png(src: Path, out: Path) -> None:
+    """A 256-colour optimised PNG (the noise pictures do not compress: 1 MB as true colour, ≈350 KB so)."""
+    from PIL import Image
+
+    out.parent.mkdir(parents=True, exist_ok=True)
+    with Image.open(src) as im:
+        im.convert("RGB").quantize(256, method=Image.Quantize.MEDIANCUT).save(out, optimize=True)
 
 
 if __name__ == "__main__":

@@ -1,5 +1,7 @@
 #!/bin/sh
-# Real screenshot of W+ Studio under Xvfb (1440×900), tiny real models. Needs: xvfb xauth libxcb-cursor0 …
+# Real screenshot of W+ Studio under Xvfb (1440×900): a real capture on the real engine with rule/tiny weights
+# (writes tiny SD1.5 + a 1.2 GB rule-weight e4e to a temp folder; WPLUS_SHOT_MODELS=DIR keeps them).
+# Needs: xvfb xauth libxcb-cursor0 …
 set -e
 cd "$(dirname "$0")/../.."
 . .venv/bin/activate
