@@ -175,6 +175,7 @@ def export_onnx(
                 "onnx_sha256": file_sha256(tmp_file),
                 "external_data": ext_name,
                 "external_size": data_files[0].stat().st_size if data_files else -1,
+                "external_sha256": file_sha256(data_files[0]) if data_files else "",
             }
         )
         # The data file first: a model whose weights are not yet in place must never be visible.

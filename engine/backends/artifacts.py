@@ -82,9 +82,16 @@ class ArtifactInfo:
     onnx_sha256: str = ""
     external_data: str = ""  # file name next to the .onnx, "" when the weights are inside it
     external_size: int = -1
+    external_sha256: str = ""
     torch_version: str = ""
     format: str = FORMAT
     extra: Mapping[str, str] = field(default_factory=dict)
+
+    def files_digest(self) -> str:
+        """Hash of the exported files themselves (graph and external data), e.g. for engine cache keys."""
+        if not self.external_sha256:
+            return self.onnx_sha256
+        return hashlib.sha256(f"{self.onnx_sha256}:{self.external_sha256}".encode()).hexdigest()
 
     def weights_digest(self) -> str:
         """One hash over all weight sources (order-independent)."""
@@ -107,6 +114,7 @@ class ArtifactInfo:
             "onnx_sha256": self.onnx_sha256,
             "external_data": self.external_data,
             "external_size": self.external_size,
+            "external_sha256": self.external_sha256,
             "torch_version": self.torch_version,
             "extra": dict(self.extra),
         }
@@ -124,6 +132,7 @@ class ArtifactInfo:
             onnx_sha256=str(data.get("onnx_sha256", "")),
             external_data=str(data.get("external_data", "")),
             external_size=int(data.get("external_size", -1)),
+            external_sha256=str(data.get("external_sha256", "")),
             torch_version=str(data.get("torch_version", "")),
             format=str(data.get("format", FORMAT)),
             extra={str(k): str(v) for k, v in dict(data.get("extra", {})).items()},
@@ -243,6 +252,9 @@ def read_artifact(onnx_path: str | os.PathLike[str], component: str | None = Non
             )
     if deep and info.onnx_sha256 and file_sha256(p) != info.onnx_sha256:
         raise ModelCorrupt(f"{p} does not match the hash recorded at export: it was modified.", REEXPORT_HINT)
+    if deep and info.external_sha256 and file_sha256(p.with_name(info.external_data)) != info.external_sha256:
+        raise ModelCorrupt(f"{info.external_data} does not match the hash recorded at export: it was modified.",
+                           REEXPORT_HINT)
     return info
 
 

@@ -39,7 +39,7 @@ class EngineKey:
 
     Args:
         component: the IO spec name.
-        onnx_sha256: hash of the ONNX file it is built from (recorded at export).
+        onnx_sha256: hash of the ONNX files it is built from (graph and external data, recorded at export).
         trt_version: TensorRT version, e.g. "10.7.0".
         gpu_name: e.g. "NVIDIA GeForce RTX 4090".
         compute_capability: e.g. "8.9".
@@ -156,7 +156,7 @@ def engine_key(
     if trt_version is None:
         trt_version = str(tensorrt_module().__version__)
     gpu = gpu or GpuInfo.current()
-    return EngineKey(component, info.onnx_sha256, trt_version, gpu.name, gpu.compute_capability, precision,
+    return EngineKey(component, info.files_digest(), trt_version, gpu.name, gpu.compute_capability, precision,
                      profile.key())
 
 
