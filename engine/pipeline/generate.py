@@ -17,6 +17,7 @@ The loop is the official `StableDiffusionWPlusPipeline` semantics, written again
 from __future__ import annotations
 
 import hashlib
+import json
 import logging
 import time
 from collections.abc import Callable
@@ -81,6 +82,8 @@ class WPlusPipeline:
         self._text_cache: LRU[tuple[Any, str | None]] = LRU(text_cache_size)
         self._token_cache: LRU[Any] = LRU(8)
         self._uncond_tokens: Any = None
+        self.backend_choice: Any = None  # engine.backends.select.BackendChoice when built from a config
+        self._fallback_told = False
 
     # -- construction ----------------------------------------------------------------------------
 
@@ -164,19 +167,40 @@ class WPlusPipeline:
             BackendUnavailable: a backend other than torch was requested.
         """
         sd_path, adapter_path, vae_path = _locate_models(config)
-        if config.backend not in ("auto", "torch", ""):
-            raise BackendUnavailable(
-                f"The '{config.backend}' backend is not available for generation in this build.",
-                "Use the torch backend (--backend torch or the settings).",
-            )
+        from engine.backends.select import open_runners
         from engine.backends.torch_backend import FastPathOptions, resolve_device
+        from engine.networks.sd15 import default_config_dir, file_fingerprint, load_tokenizer
 
         dev, dt = resolve_device(config.device, config.dtype)
-        # Not `store.get(...)` here: the session calls this inside its own `store.get` for the pipeline and
-        # the store's lock is not re-entrant; the session's entry already caches the whole pipeline.
+        # Not `store.get(...)` here: the session's own store entry already caches the whole pipeline.
         del store
-        return cls.from_files(sd_path, adapter_path, vae=vae_path, device=str(dev), dtype=str(dt).split(".")[-1],
-                              fast=FastPathOptions.from_config(config))
+
+        def torch_pipeline() -> WPlusPipeline:
+            return cls.from_files(sd_path, adapter_path, vae=vae_path, device=str(dev),
+                                  dtype=str(dt).split(".")[-1], fast=FastPathOptions.from_config(config))
+
+        built: list[WPlusPipeline] = []
+
+        def torch_runners() -> Any:
+            built.append(torch_pipeline())
+            return built[0].runners
+
+        runners, choice = open_runners(config, torch_runners)
+        if built:
+            pipeline = built[0]
+        else:
+            # Exported backends run the networks; tokenizer and scheduler are SD1.5's shipped configs.
+            cfg_dir = default_config_dir()
+            hashes = {f"sd15:{Path(sd_path).name}": file_fingerprint(sd_path) if Path(sd_path).is_file() else "",
+                      f"adapter:{Path(adapter_path).name}": file_fingerprint(adapter_path)}
+            scheduler_config = json.loads((cfg_dir / "scheduler" / "scheduler_config.json").read_text())
+            model_id = hashlib.sha256(repr(sorted(hashes.items())).encode()).hexdigest()[:16]
+            pipeline = cls(runners, load_tokenizer(cfg_dir / "tokenizer"), scheduler_config, model_id=model_id,
+                           model_hashes=hashes)
+        pipeline.backend_choice = choice
+        if choice.fallback_reasons:
+            log.warning("backend: %s", choice.message)
+        return pipeline
 
     # -- conditioning -----------------------------------------------------------------------------
 
@@ -263,6 +287,10 @@ class WPlusPipeline:
             Cancelled: the token was set.
         """
         floats, warnings, timings = self.render_float(request, edited_wplus, token=token, progress=progress)
+        if self.backend_choice is not None and self.backend_choice.fallback_reasons and not self._fallback_told:
+            # Said once per pipeline: the user asked for a backend that could not run here.
+            warnings = (self.backend_choice.message, *warnings)
+            self._fallback_told = True
         images = tuple((img * 255).round().astype(np.uint8) for img in floats)
         return Result(
             request=request,
