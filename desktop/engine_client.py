@@ -251,7 +251,7 @@ class EngineClient(QObject):
             wplus: the identity's W+.
             edits: slider values to apply.
             size: 64/128/256 (reduced paths unless `exact`) or 512/1024.
-            exact: the official reconstruction (full 1024² image resized; ≈5× the reduced 256² CPU time).
+            exact: the official reconstruction (full 1024² image resized; ≈3× the reduced 256² CPU time).
         """
         gen = self.next_gen()
         self._box.put("preview", PreviewJob(gen, wplus, edits, size, exact))

@@ -117,7 +117,7 @@ class Session:
             wplus: 1×18×512 W+.
             edits: slider values applied first.
             size: 64, 128 or 256 (reduced path unless `exact`), 512 or 1024 (always the full image).
-            exact: the official reconstruction (full 1024² image, resized): ≈5× the CPU time of the
+            exact: the official reconstruction (full 1024² image, resized): ≈3× the CPU time of the
                 reduced 256² path; use it where the user judges likeness (right after capture).
 
         Raises:

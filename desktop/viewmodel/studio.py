@@ -27,10 +27,11 @@ log = logging.getLogger(__name__)
 
 # StyleGAN2 face preview levels. The identity's own face (after capture, on selection, on restore) is
 # the exact e4e reconstruction: that is where the user asks "is this me?". While a slider is dragged the
-# preview uses the reduced 128² level (the 128² RGB skip — a blurrier but clearly recognisable face);
-# bench/preview.py on the 2-core build machine, 2026-11-27: 128² ≈ 0.35 s, reduced 256² ≈ 0.6 s (idle) to
-# 2.5 s (loaded), exact 256² (full 1024² image) ≈ 3–4 s; 64² is no cheaper than 128² (the 512-channel
-# low levels and the mapping dominate). When the slider is let go the reduced 256² level follows.
+# preview uses the reduced 128² level (that level's RGB skip): bench/preview.py, 2-vCPU AMD EPYC, torch
+# 2.13 CPU, idle, 2026-11-27: 64² 0.20 s, 128² 0.37 s, reduced 256² 0.57 s, exact 256² 1.54 s a frame.
+# 128² matches the ≈165 px preview tile, so edits such as glasses or a smile stay visible; 64² would be
+# upscaled 2.6× into a blur. When the slider is let go the reduced 256² level follows (exact again once
+# every slider is back at zero).
 EXACT_PREVIEW_SIZE = 256
 DRAG_PREVIEW_SIZE = 128
 SETTLED_PREVIEW_SIZE = 256
