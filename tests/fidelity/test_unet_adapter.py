@@ -1,12 +1,10 @@
 """UNet + W+ adapter against the official processors (REFERENCE.md §3.2–3.4; unet_expected_scale*.npy).
 
-Default (fast): the W+ processor against an explicit float64 re-computation of §3.2 on tiny attention
-layers, consistency checks that catch a wrong token split or query source, and a tiny real UNet
-loaded through the official file layout (scale 0 must be SD1.5 itself, bit for bit).
-
-Opt-in (`slow`): the full-size SD1.5 UNet with rule-wbn-1 weights and the rule adapter written as
-`wplus_adapter.bin`, compared with the fixtures at scale 1.0 and 0.0 (~25 s of weight generation and
-~5 s per forward on 2 free cores).
+The W+ processor against an explicit float64 re-computation of §3.2 on tiny attention layers,
+consistency checks that catch a wrong token split or query source, a tiny real UNet loaded through the
+official file layout (scale 0 must be SD1.5 itself, bit for bit), and the full-size SD1.5 UNet with
+rule-wbn-1 weights and the rule adapter written as `wplus_adapter.bin`, compared with the fixtures at
+scale 1.0 and 0.0 (≈ 22 s on 2 free cores: weight generation on the meta-built UNet and 3 forwards).
 """
 
 from __future__ import annotations
@@ -226,7 +224,6 @@ def full(manifest, sd15_config, tmp_path_factory):
     return base, out
 
 
-@pytest.mark.slow
 @pytest.mark.parametrize("scale", [1.0, 0.0])
 def test_full_unet_matches_official(full, fixtures_dir, scale):
     _base, out = full
@@ -235,7 +232,6 @@ def test_full_unet_matches_official(full, fixtures_dir, scale):
     assert err <= TOL, f"scale {scale}: max |Δ| {err:.3g}"
 
 
-@pytest.mark.slow
 def test_full_unet_scale_zero_is_plain_sd15(full):
     base, out = full
     assert np.array_equal(out[0.0], base)
