@@ -205,7 +205,7 @@ def load_e4e(
     """
     from engine.checkpoints import load_e4e_checkpoint
 
-    ckpt = load_e4e_checkpoint(path)
+    ckpt = load_e4e_checkpoint(path, parts=("encoder",))  # the 120 MB StyleGAN2 decoder is not needed here
     with torch.device("meta"):
         model = E4EEncoder()
     state = dict(ckpt.encoder_state)
