@@ -49,3 +49,22 @@ def fixtures_dir() -> Path:
 @pytest.fixture(scope="session")
 def shared_dir() -> Path:
     return SHARED
+
+
+@pytest.fixture(scope="module")
+def one_torch_thread():
+    """Tiny models run on one intra-op thread: on 2 shared cores, OpenMP overhead dominates their tiny ops."""
+    import torch
+
+    before = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(before)
+
+
+@pytest.fixture(scope="session")
+def tiny(tmp_path_factory) -> Path:
+    """A models folder with engine.testing.tiny's SD1.5 + adapter, written once per test session."""
+    from engine.testing.tiny import cached_tiny_models
+
+    return cached_tiny_models(tmp_path_factory.getbasetemp())

@@ -39,13 +39,7 @@ class SmallEncoder(nn.Module):
         return self.head(h).view(-1, 18, 512) + self.latent_avg
 
 
-@pytest.fixture(scope="module", autouse=True)
-def _one_thread():
-    # small convolutions are 5× slower with 2 threads on a busy 2-core machine
-    n = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(n)
+pytestmark = pytest.mark.usefixtures("one_torch_thread")
 
 
 @pytest.fixture(scope="module")

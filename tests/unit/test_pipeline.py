@@ -14,22 +14,14 @@ from engine.api import GenerateRequest, Progress, Scheduler
 from engine.cancel import CancelToken
 from engine.errors import Cancelled, InvalidInput
 from engine.pipeline.generate import WPlusPipeline
-from engine.testing.tiny import cached_tiny_models, tiny_wplus
+from engine.testing.tiny import tiny_wplus
 
 SMALL = {"width": 64, "height": 64}
 
 
-@pytest.fixture(autouse=True, scope="module")
-def _one_thread():
-    n = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(n)
+pytestmark = pytest.mark.usefixtures("one_torch_thread")
 
 
-@pytest.fixture(scope="module")
-def tiny(tmp_path_factory):
-    return cached_tiny_models(tmp_path_factory.getbasetemp())
 
 
 @pytest.fixture(scope="module")

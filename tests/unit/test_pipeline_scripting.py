@@ -15,12 +15,7 @@ from engine.testing.tiny import cached_tiny_models, tiny_wplus
 DOC = Path(__file__).resolve().parents[2] / "docs" / "SCRIPTING.md"
 
 
-@pytest.fixture(autouse=True, scope="module")
-def _one_thread():
-    n = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(n)
+pytestmark = pytest.mark.usefixtures("one_torch_thread")
 
 
 def _blocks() -> list[str]:

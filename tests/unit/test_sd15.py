@@ -11,21 +11,11 @@ from safetensors.torch import save_file
 
 from engine.errors import ModelCorrupt, ModelMissing, WrongModelFamily
 from engine.networks.sd15 import default_config_dir, detect_family, load_sd15, read_safetensors_header
-from engine.testing.tiny import cached_tiny_models, write_ldm_single_file
+from engine.testing.tiny import write_ldm_single_file
+
+pytestmark = pytest.mark.usefixtures("one_torch_thread")
 
 
-@pytest.fixture(autouse=True, scope="module")
-def _one_thread():
-    # Two busy cores: a second intra-op thread makes tiny models ~20× slower through contention.
-    n = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(n)
-
-
-@pytest.fixture(scope="module")
-def tiny(tmp_path_factory):
-    return cached_tiny_models(tmp_path_factory.getbasetemp())
 
 
 @pytest.fixture(scope="module")

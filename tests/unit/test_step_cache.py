@@ -5,27 +5,17 @@ from __future__ import annotations
 
 import numpy as np
 import pytest
-import torch
 
 from engine.api import EditState, GenerateRequest, Progress, Scheduler
 from engine.cancel import CancelToken
 from engine.errors import Cancelled
 from engine.pipeline.cache import LRU
 from engine.pipeline.generate import WPlusPipeline
-from engine.testing.tiny import cached_tiny_models, tiny_wplus
+from engine.testing.tiny import tiny_wplus
+
+pytestmark = pytest.mark.usefixtures("one_torch_thread")
 
 
-@pytest.fixture(autouse=True, scope="module")
-def _one_thread():
-    n = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(n)
-
-
-@pytest.fixture(scope="module")
-def tiny(tmp_path_factory):
-    return cached_tiny_models(tmp_path_factory.getbasetemp())
 
 
 @pytest.fixture(scope="module")

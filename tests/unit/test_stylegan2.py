@@ -27,13 +27,7 @@ from engine.testing.wbn import draw
 SMALL = GeneratorShape.reduced(16)  # widths 32 … 2, still 1024² and 18×512 W+
 
 
-@pytest.fixture(scope="module", autouse=True)
-def _one_thread():
-    """The reduced generator's ops are tiny: one thread avoids OpenMP overhead on a shared 2-core box."""
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
+pytestmark = pytest.mark.usefixtures("one_torch_thread")
 
 
 @pytest.fixture(scope="module")

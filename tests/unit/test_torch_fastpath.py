@@ -14,7 +14,6 @@ from torch.overrides import TorchFunctionMode
 
 from engine.backends.torch_backend import FastPathOptions, TorchRunners
 from engine.config import EngineConfig
-from engine.testing.tiny import cached_tiny_models
 
 # Multiplies the tiny VAE decoder's first conv: its activations reach ~1.3e5 (> fp16's 65504) while every
 # weight stays representable in fp16 (max ≈ 1.7e4), so the overflow happens inside the network as in
@@ -22,17 +21,9 @@ from engine.testing.tiny import cached_tiny_models
 OVERFLOW_GAIN = 1e5
 
 
-@pytest.fixture(autouse=True, scope="module")
-def _one_thread():
-    n = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(n)
+pytestmark = pytest.mark.usefixtures("one_torch_thread")
 
 
-@pytest.fixture(scope="module")
-def tiny(tmp_path_factory):
-    return cached_tiny_models(tmp_path_factory.getbasetemp())
 
 
 def _components(tiny):
