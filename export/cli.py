@@ -11,10 +11,7 @@ Exit codes: 0 ok, 1 failure (an EngineError is printed without a traceback unles
 from __future__ import annotations
 
 import argparse
-import logging
-import os
 import sys
-import time
 from collections.abc import Sequence
 from pathlib import Path
 
@@ -214,27 +211,6 @@ def build_parser() -> argparse.ArgumentParser:
 
 def main(argv: Sequence[str] | None = None) -> int:
     """Entry point of `python -m export` and the `wplus-export` console script."""
-    os.environ.setdefault("HF_HUB_OFFLINE", "1")
-    parser = build_parser()
-    args = parser.parse_args(argv)
-    logging.basicConfig(level=logging.DEBUG if args.debug else logging.WARNING,
-                        format="%(levelname)s %(name)s: %(message)s")
-    if not getattr(args, "func", None):
-        parser.print_help()
-        return 2
-    t0 = time.perf_counter()
-    try:
-        code = int(args.func(args) or 0)
-    except EngineError as exc:
-        if args.debug:
-            raise
-        print(f"error: {exc.user_message}", file=sys.stderr)
-        if exc.hint:
-            print(f"hint: {exc.hint}", file=sys.stderr)
-        return 1
-    except KeyboardInterrupt:
-        print("interrupted", file=sys.stderr)
-        return 130
-    if args.debug:
-        print(f"done in {time.perf_counter() - t0:.1f} s", file=sys.stderr)
-    return code
+    from engine.cli import run_parser
+
+    return run_parser(build_parser(), argv)

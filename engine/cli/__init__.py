@@ -48,8 +48,15 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def main(argv: Sequence[str] | None = None) -> int:
+    return run_parser(build_parser(), argv)
+
+
+def run_parser(parser: argparse.ArgumentParser, argv: Sequence[str] | None = None) -> int:
+    """Parse, run the chosen subcommand, and turn failures into exit codes and one-line messages.
+
+    Shared by `wplus` and `wplus-export`. The parser must define `--debug`; subcommands set `func`.
+    """
     os.environ.setdefault("HF_HUB_OFFLINE", "1")
-    parser = build_parser()
     args = parser.parse_args(argv)
     logging.basicConfig(level=logging.DEBUG if args.debug else logging.WARNING, format="%(levelname)s %(name)s: %(message)s")
     if not getattr(args, "func", None):
