@@ -454,7 +454,8 @@ def _load_folder(folder: Path, device: Any, dtype: Any, config_dir: Path) -> SD1
     scheduler_config = _load_json(sched if sched.is_file() else config_dir / "scheduler" / "scheduler_config.json")
     fps: dict[str, str] = {}
     for sub in ("unet", "vae", "text_encoder"):
-        fps.update(_folder_fingerprints(folder / sub, sub))
+        # "<model folder>/<component>/<file>": the folder's name is what artists call the model.
+        fps.update(_folder_fingerprints(folder / sub, f"{folder.name}/{sub}"))
     return SD15Components(unet, vae, text_encoder, tokenizer, scheduler_config, source=str(folder), fingerprints=fps)
 
 

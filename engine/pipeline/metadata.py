@@ -87,7 +87,8 @@ def a1111_parameters(result: Result, index: int) -> str:
     req = result.request
     seed = result.seeds[index] if index < len(result.seeds) else req.seed + index
     models = dict(result.model_hashes)
-    sd = [k for k in models if not k.startswith(("adapter:", "vae:"))]
+    # The UNet's file identifies a diffusers folder; a single-file checkpoint has one entry anyway.
+    sd = sorted((k for k in models if not k.startswith(("adapter:", "vae:"))), key=lambda k: "/unet/" not in k)
     fields = [
         ("Steps", req.steps),
         ("Sampler", A1111_SAMPLERS.get(req.scheduler, str(req.scheduler))),

@@ -74,7 +74,7 @@ def test_diffusers_folder_loads_offline(tiny):
     assert comps.unet.config.cross_attention_dim == 768
     assert comps.vae_scale_factor == 8
     assert comps.scheduler_config["beta_schedule"] == "scaled_linear"
-    assert set(comps.fingerprints) >= {"unet/diffusion_pytorch_model.safetensors", "text_encoder/model.safetensors"}
+    assert set(comps.fingerprints) >= {"sd15/unet/diffusion_pytorch_model.safetensors", "sd15/text_encoder/model.safetensors"}
     assert comps.model_id == load_sd15(tiny / "sd15").model_id
     assert not comps.unet.training
     assert not any(p.requires_grad for p in comps.unet.parameters())
