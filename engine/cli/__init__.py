@@ -44,7 +44,26 @@ def build_parser() -> argparse.ArgumentParser:
                 continue
             raise
         module.register(sub)
+    _accept_global_options_anywhere(sub)
     return parser
+
+
+def _accept_global_options_anywhere(sub: argparse._SubParsersAction) -> None:
+    """Accept the global options after the (sub)subcommand too (`wplus models list --models-dir D`).
+
+    Users type them there; SUPPRESS keeps a value given before the subcommand from being overwritten.
+    """
+    for subparser in sub.choices.values():
+        for flags, kwargs in (
+            (("--debug",), {"action": "store_true", "help": argparse.SUPPRESS}),
+            (("--models-dir",), {"help": argparse.SUPPRESS}),
+            (("--device",), {"help": argparse.SUPPRESS}),
+        ):
+            if not any(f in subparser._option_string_actions for f in flags):
+                subparser.add_argument(*flags, default=argparse.SUPPRESS, **kwargs)
+        for action in subparser._actions:
+            if isinstance(action, argparse._SubParsersAction):
+                _accept_global_options_anywhere(action)
 
 
 def main(argv: Sequence[str] | None = None) -> int:

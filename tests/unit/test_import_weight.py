@@ -22,3 +22,11 @@ def test_cli_help_loads_no_heavy_module():
     )
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True).stdout.strip()
     assert out == "[]"
+
+
+def test_global_options_are_accepted_after_the_subcommand(tmp_path, capsys):
+    from engine.cli import main
+
+    for argv in (["--models-dir", str(tmp_path), "models", "list"], ["models", "list", "--models-dir", str(tmp_path)]):
+        assert main(argv) in (0, 1)
+        assert f"models folder: {tmp_path} (chosen by --models-dir)" in capsys.readouterr().out
