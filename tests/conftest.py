@@ -68,3 +68,18 @@ def tiny(tmp_path_factory) -> Path:
     from engine.testing.tiny import cached_tiny_models
 
     return cached_tiny_models(tmp_path_factory.getbasetemp())
+
+
+@pytest.fixture(scope="session")
+def astronaut():
+    """A real face photo that ships in a package: scikit-image's astronaut (public domain), 512×512 RGB."""
+    skimage_data = pytest.importorskip("skimage.data")
+    return skimage_data.astronaut()
+
+
+@pytest.fixture(scope="session")
+def detector():
+    """dlib's HOG detector + 68 landmarks, loaded once (the model load takes ~1 s)."""
+    from engine.faces.detect import FaceDetector
+
+    return FaceDetector()

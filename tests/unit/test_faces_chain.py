@@ -19,7 +19,6 @@ from engine.networks.parsenet import ParseNet
 from engine.store import ModelStore
 from engine.testing.wbn import fill_module
 
-skimage_data = pytest.importorskip("skimage.data")
 
 
 class SmallEncoder(nn.Module):
@@ -40,18 +39,6 @@ class SmallEncoder(nn.Module):
 
 
 pytestmark = pytest.mark.usefixtures("one_torch_thread")
-
-
-@pytest.fixture(scope="module")
-def astronaut():
-    return skimage_data.astronaut()
-
-
-@pytest.fixture(scope="module")
-def detector():
-    from engine.faces.detect import FaceDetector
-
-    return FaceDetector()
 
 
 @pytest.fixture(scope="module")

@@ -13,18 +13,6 @@ skimage_data = pytest.importorskip("skimage.data")
 
 
 @pytest.fixture(scope="module")
-def astronaut():
-    return skimage_data.astronaut()
-
-
-@pytest.fixture(scope="module")
-def detector():
-    from engine.faces.detect import FaceDetector
-
-    return FaceDetector()
-
-
-@pytest.fixture(scope="module")
 def face(detector, astronaut):
     faces = detector.detect(astronaut)
     assert len(faces) == 1
