@@ -20,7 +20,6 @@ from engine.store import ModelStore
 from engine.testing.wbn import fill_module
 
 
-
 class SmallEncoder(nn.Module):
     """A small real encoder with e4e's interface: 1×3×256×256 in [-1, 1] → W+ 1×18×512 (+ latent_avg)."""
 
