@@ -25,14 +25,7 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-
-def _median_time(fn, repeat: int) -> float:
-    times = []
-    for _ in range(repeat):
-        t = time.perf_counter()
-        fn()
-        times.append(time.perf_counter() - t)
-    return statistics.median(times)
+from bench.common import median_time, print_table
 
 
 def bench_tiny(size: int, rows: list[tuple[str, str]]) -> None:
@@ -58,8 +51,8 @@ def bench_tiny(size: int, rows: list[tuple[str, str]]) -> None:
     tok = torch.randn(2, 4, 768)
     for _ in range(3):
         unet(sample=x, timestep=ts, text_embeds=text, wplus_tokens=tok, wplus_scale=1.0)
-    bare = _median_time(lambda: unet(sample=x, timestep=ts, text_embeds=text, wplus_tokens=tok, wplus_scale=1.0), 20)
-    bare0 = _median_time(lambda: unet(sample=x, timestep=ts, text_embeds=text, wplus_tokens=tok, wplus_scale=0.0), 20)
+    bare = median_time(lambda: unet(sample=x, timestep=ts, text_embeds=text, wplus_tokens=tok, wplus_scale=1.0), 20)
+    bare0 = median_time(lambda: unet(sample=x, timestep=ts, text_embeds=text, wplus_tokens=tok, wplus_scale=0.0), 20)
 
     steps = 30
     req = GenerateRequest(steps=steps, start_ratio=0.0, width=size, height=size, wplus=tiny_wplus(1), seed=1)
@@ -144,11 +137,7 @@ def main(argv: list[str] | None = None) -> int:
     bench_tiny(args.size, rows)
     if args.full:
         bench_full(rows)
-    width = max(len(k) for k, _ in rows)
-    print(f"{'measure':<{width}}  value")
-    print(f"{'-' * width}  -----")
-    for k, v in rows:
-        print(f"{k:<{width}}  {v}")
+    print_table(rows)
     return 0
 
 

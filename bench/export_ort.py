@@ -13,7 +13,6 @@ from __future__ import annotations
 import argparse
 import platform
 import resource
-import statistics
 import sys
 import tempfile
 import time
@@ -21,15 +20,7 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-
-def _median(fn, repeat: int) -> float:
-    fn()
-    times = []
-    for _ in range(repeat):
-        t = time.perf_counter()
-        fn()
-        times.append(time.perf_counter() - t)
-    return statistics.median(times)
+from bench.common import median_time
 
 
 def _row(name: str, module, component: str, profile, out: Path, repeat: int, threads: int, shapes=None) -> str:
@@ -44,8 +35,8 @@ def _row(name: str, module, component: str, profile, out: Path, repeat: int, thr
                        read_artifact(res.path), res.path, "cpu")
     wrapped = component_module(component, module)
     inputs = example_inputs(component, profile, seed=0, shapes=shapes)
-    t_torch = _median(lambda: run_torch(component, wrapped, inputs), repeat)
-    t_ort = _median(lambda: runner(**inputs), repeat)
+    t_torch = median_time(lambda: run_torch(component, wrapped, inputs), repeat, warmup=1)
+    t_ort = median_time(lambda: runner(**inputs), repeat, warmup=1)
     shape = next(iter(inputs.values())).shape
     return (f"| {name} | {tuple(shape)} | {res.seconds:.1f} | {t_torch * 1000:.1f} | {t_ort * 1000:.1f} | "
             f"{t_torch / t_ort:.2f} |")
