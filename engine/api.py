@@ -92,6 +92,81 @@ class Identity:
         object.__setattr__(self, "wplus", validate_wplus(self.wplus))
 
 
+class ControlKind(enum.StrEnum):
+    """What made a control image (metadata and the app's editor); the value is the serialized name."""
+
+    OPENPOSE = "openpose"  # a skeleton drawn by the pose editor (OpenPose colours and widths)
+    CANNY = "canny"  # edges computed locally with OpenCV
+    IMAGE = "image"  # an image the artist made elsewhere, used as is
+
+
+@dataclass(frozen=True, eq=False)
+class ControlSpec:
+    """One SD1.5 ControlNet applied to a render.
+
+    `model` is a diffusers folder or a single-file checkpoint, as an absolute path (the CLI resolves a
+    user's relative path against the current directory). `image` is the control image itself (uint8
+    H×W×3 RGB, already preprocessed); the engine resizes and crops it to the output size.
+    `start`/`end` are fractions of the denoising steps during which the ControlNet acts.
+    """
+
+    model: str
+    image: np.ndarray
+    scale: float = 1.0
+    start: float = 0.0
+    end: float = 1.0
+    kind: ControlKind = ControlKind.IMAGE
+
+    def __post_init__(self) -> None:
+        img = np.asarray(self.image)
+        if img.ndim != 3 or img.shape[2] != 3 or img.dtype != np.uint8 or min(img.shape[:2]) < 8:
+            raise InvalidInput(
+                f"a control image must be an RGB uint8 image of at least 8×8, got {img.dtype} {img.shape}."
+            )
+        object.__setattr__(self, "image", np.ascontiguousarray(img))
+        object.__setattr__(self, "kind", ControlKind(self.kind))
+        if not math.isfinite(self.scale):
+            raise InvalidInput(f"control scale must be a finite number, got {self.scale}.")
+        if not (0.0 <= self.start < self.end <= 1.0):
+            raise InvalidInput(
+                f"control start/end must satisfy 0 ≤ start < end ≤ 1, got {self.start}/{self.end}."
+            )
+
+    @property
+    def image_digest(self) -> str:
+        """sha256 of the control image's shape and pixels: part of every cache key and of the PNG text."""
+        import hashlib
+
+        h = hashlib.sha256(repr(self.image.shape).encode())
+        h.update(self.image.tobytes())
+        return h.hexdigest()
+
+    def key(self) -> tuple[Any, ...]:
+        return (self.model, self.image_digest, self.scale, self.start, self.end)
+
+
+@dataclass(frozen=True)
+class LoraSpec:
+    """One LoRA file (kohya/A1111 or diffusers/PEFT layout, SD1.5) with its weights.
+
+    `weight` scales the UNet part; `text_weight` the text-encoder part (None: the same as `weight`,
+    which is A1111's `<lora:NAME:WEIGHT>`).
+    """
+
+    path: str
+    weight: float = 1.0
+    text_weight: float | None = None
+
+    def __post_init__(self) -> None:
+        for name, v in (("weight", self.weight), ("text_weight", self.text_weight)):
+            if v is not None and not math.isfinite(v):
+                raise InvalidInput(f"LoRA {name} must be a finite number, got {v}.")
+
+    @property
+    def text(self) -> float:
+        return self.weight if self.text_weight is None else self.text_weight
+
+
 @dataclass(frozen=True, eq=False)
 class GenerateRequest:
     """Everything that determines a generated image (and is written to its PNG metadata).
@@ -115,8 +190,12 @@ class GenerateRequest:
     wplus: np.ndarray | None = None
     edits: EditState = EditState()
     identity_name: str = ""
+    controls: tuple[ControlSpec, ...] = ()  # ControlNets, applied in order; they never see the W+ tokens
+    loras: tuple[LoraSpec, ...] = ()
 
     def __post_init__(self) -> None:
+        object.__setattr__(self, "controls", tuple(self.controls))
+        object.__setattr__(self, "loras", tuple(self.loras))
         if self.wplus is not None:
             object.__setattr__(self, "wplus", validate_wplus(self.wplus))
         object.__setattr__(self, "scheduler", Scheduler(self.scheduler))
