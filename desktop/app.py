@@ -5,9 +5,7 @@ Singletons are built here and passed down; nothing else in `desktop/` creates th
 
 from __future__ import annotations
 
-import importlib
 import logging
-import os
 import sys
 from collections.abc import Callable
 from dataclasses import dataclass, replace
@@ -28,6 +26,7 @@ from desktop.viewmodel.identities import IdentityLibrary
 from desktop.viewmodel.studio import StudioState
 from desktop.views.main_window import AppPaths, MainWindow
 from engine.config import EngineConfig
+from engine.models.folder import resolve_models_dir
 
 log = logging.getLogger(__name__)
 
@@ -61,25 +60,10 @@ def open_settings(path: Path | None) -> QSettings:
     return QSettings(QSettings.Format.NativeFormat, QSettings.Scope.UserScope, APP_NAME, APP_NAME)
 
 
-def resolve_models_dir(cli: Path | None, settings: QSettings) -> tuple[Path, str]:
-    """First match wins: --models-dir, WPLUS_MODELS_DIR, settings, beside the app, user data dir."""
+def models_dir_for(cli: Path | None, settings: QSettings) -> tuple[Path, str]:
+    """The models folder and why: the engine's one rule, with the folder saved in the settings."""
     saved = settings.value("models/dir")
-    try:
-        manifest = importlib.import_module("engine.manifest")
-        path, why = manifest.resolve_models_dir(None if cli is None else str(cli), str(saved) if saved else None)
-        return Path(path), str(why)
-    except (ImportError, AttributeError):
-        log.warning("engine.manifest unavailable; using the built-in models folder rule")
-    if cli is not None:
-        return Path(cli), "chosen by --models-dir"
-    env = os.environ.get("WPLUS_MODELS_DIR")
-    if env:
-        return Path(env), "chosen by the WPLUS_MODELS_DIR environment variable"
-    if saved:
-        return Path(str(saved)), "chosen in the app settings"
-    import platformdirs
-
-    return Path(platformdirs.user_data_dir(APP_NAME, appauthor=False)) / "models", "the default in your user data folder"
+    return resolve_models_dir(None if cli is None else str(cli), str(saved) if saved else None)
 
 
 def load_stylesheet() -> str:
@@ -103,7 +87,7 @@ class StudioApp:
         self.settings = open_settings(options.settings_path)
         self.log_dir = options.log_dir or default_log_dir()
         self.log_path = setup_logging(self.log_dir, debug=options.debug)
-        models_dir, reason = resolve_models_dir(options.models_dir, self.settings)
+        models_dir, reason = models_dir_for(options.models_dir, self.settings)
         log.info("W+ Studio starting; models folder %s (%s)", models_dir, reason)
         import platformdirs
 

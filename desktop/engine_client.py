@@ -27,9 +27,9 @@ from typing import Any
 import numpy as np
 from PySide6.QtCore import QObject, Signal
 
-from desktop.coalesce import CLOSED, Mailbox
 from engine.api import EditState, EngineSession, GenerateRequest, Identity, ModelState, Progress
 from engine.cancel import CancelToken
+from engine.coalesce import CLOSED, Mailbox
 from engine.config import EngineConfig
 from engine.errors import Cancelled, EngineError
 
@@ -323,9 +323,10 @@ class EngineClient(QObject):
         """Decode a photo on the I/O thread; `image_loaded(path, rgb)` reports it."""
 
         def job() -> None:
-            from desktop.camera.sources import read_image_rgb
+            # the engine's decoder: the same pixels (and the same limits) as `wplus encode`
+            from engine.images import load_image
 
-            self.image_loaded.emit(str(path), read_image_rgb(path))
+            self.image_loaded.emit(str(path), load_image(path))
 
         self._io.put(self._guard("open", job))
 

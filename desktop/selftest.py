@@ -66,7 +66,9 @@ def _step_resources() -> str:
 def _step_manifest(models_dir: str | None) -> str:
     from engine.api import ModelStatus
     from engine.config import EngineConfig
-    from engine.manifest import check_models, load_manifest, resolve_models_dir
+    from engine.models.folder import resolve_models_dir
+    from engine.models.manifest import load_manifest
+    from engine.models.verify import check_models
 
     manifest = load_manifest()
     folder, why = resolve_models_dir(models_dir)

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import os
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -12,13 +11,17 @@ class EngineConfig:
     """Where models live and how to run them.
 
     Args:
-        models_dir: the models folder the user fills (see `engine.manifest` for the layout).
+        models_dir: the models folder the user fills (`engine.models.folder` picks it; the layout is in
+            `resources/models.toml`).
         device: "cpu", "cuda", "cuda:1", … ("auto" picks CUDA when available).
         dtype: "float32", "float16" or "bfloat16" ("auto": fp16 on CUDA, fp32 on CPU).
         backend: "torch", "onnxruntime" or "tensorrt" ("auto" picks the fastest that works).
-        sd_model: path (absolute or relative to models_dir) of the SD1.5 folder or single file;
-            empty means the manifest's default.
-        vae: optional separate VAE (the official notebook uses sd-vae-ft-mse).
+        sd_model: path of the SD1.5 folder or single file the user named (absolute, or relative to the
+            current directory like any command-line path); empty means the models folder's default.
+        vae, e4e, adapter, parser: likewise, a file or folder the user named for that role (the
+            official notebook's separate VAE is sd-vae-ft-mse); empty means the models folder's.
+        cache_dir: where hashes and conversions go when the models folder cannot be written (default:
+            the user cache dir).
         channels_last: NHWC UNet/VAE on CUDA (ignored on the CPU).
         compile: torch.compile the UNet and VAE decoder (first render of each size compiles, minutes).
         compile_mode: the inductor mode used when `compile` is on.
@@ -39,8 +42,3 @@ class EngineConfig:
     compile: bool = False
     compile_mode: str = "max-autotune-no-cudagraphs"
     cuda_graph: bool = False
-
-    def resolve(self, name: str) -> Path:
-        """A configured path: absolute as is, else relative to the models folder."""
-        p = Path(os.path.expanduser(name))
-        return p if p.is_absolute() else self.models_dir / p

@@ -1,7 +1,8 @@
 """The engine facade: one object that the CLI and the desktop bridge drive.
 
-It only composes: models are located through the config, loaded once through the `ModelStore`, and
-each call delegates to the module that owns the work (faces, edits, pipeline, preview).
+It only composes: models are located, converted, loaded and cached by its `ModelService`
+(`engine.models.service`), and each call delegates to the module that owns the work (faces, edits,
+pipeline, preview).
 """
 
 from __future__ import annotations
@@ -22,7 +23,7 @@ from engine.api import (
     SliderSpec,
 )
 from engine.config import EngineConfig
-from engine.store import ModelStore
+from engine.models.service import ModelService
 
 ProgressFn = Callable[[Progress], None] | None
 
@@ -30,15 +31,15 @@ ProgressFn = Callable[[Progress], None] | None
 class Session:
     """Implements `engine.api.EngineSession` on the configured backend."""
 
-    def __init__(self, config: EngineConfig, store: ModelStore | None = None) -> None:
+    def __init__(self, config: EngineConfig, models: ModelService | None = None) -> None:
         self.config = config
-        self.store = store or ModelStore()
+        self.models = models or ModelService(config)
 
     # -- models ---------------------------------------------------------------------------------
     def model_states(
         self, *, verify: bool = False, token: Any = None, progress: ProgressFn = None
     ) -> tuple[ModelState, ...]:
-        """Check the models folder (see `engine.manifest.check_models`).
+        """Check the models folder (see `engine.models.verify.check_models`).
 
         Args:
             verify: hash files not hashed before (reads every new file once: seconds per GB). The
@@ -49,15 +50,16 @@ class Session:
         Raises:
             Cancelled: the token was set while hashing.
         """
-        from engine.manifest import check_models
+        from engine.models.verify import check_models
 
-        return check_models(self.config, verify=verify, progress=progress, token=token)
+        return check_models(self.config, manifest=self.models.manifest, verify=verify, progress=progress,
+                            token=token)
 
     # -- edits ----------------------------------------------------------------------------------
     def _directions(self):
         from engine.edits.directions import DirectionLibrary
 
-        return self.store.get(("directions",), DirectionLibrary.load_default)
+        return self.models.get(("directions",), DirectionLibrary.load_default)
 
     def catalog(self) -> tuple[SliderSpec, ...]:
         return self._directions().catalog
@@ -69,7 +71,7 @@ class Session:
     def _face_chain(self):
         from engine.faces.chain import FaceChain
 
-        return self.store.get(("face_chain",), lambda: FaceChain.from_config(self.config, self.store))
+        return self.models.get(("face_chain",), lambda: FaceChain.from_service(self.models))
 
     def encode_identity(
         self, image: np.ndarray, *, name: str = "", aligned: bool = False, face_index: int = 0,
@@ -93,7 +95,7 @@ class Session:
     def _pipeline(self):
         from engine.pipeline.generate import WPlusPipeline
 
-        return self.store.get(("pipeline",), lambda: WPlusPipeline.from_config(self.config, self.store))
+        return self.models.get(("pipeline",), lambda: WPlusPipeline.from_service(self.models))
 
     def render(self, request: GenerateRequest, token: Any = None, progress: ProgressFn = None) -> Result:
         if request.wplus is not None and not request.edits.is_identity:
@@ -104,9 +106,7 @@ class Session:
 
     # -- StyleGAN2 preview ----------------------------------------------------------------------
     def _stylegan(self):
-        from engine.networks.stylegan2 import StyleGANPreview
-
-        return self.store.get(("stylegan",), lambda: StyleGANPreview.from_config(self.config))
+        return self.models.load("stylegan_preview")
 
     def preview_face(
         self, wplus: np.ndarray, edits: EditState = EditState(), size: int = 256, *, exact: bool = False
@@ -128,4 +128,4 @@ class Session:
         return self._stylegan().render(w, size=size, full=exact)
 
     def close(self) -> None:
-        self.store.drop()
+        self.models.drop()

@@ -39,12 +39,13 @@ def _components(text: str | None) -> list[str]:
 
 
 def _config(args: argparse.Namespace):
-    from engine.config import EngineConfig
-    from engine.manifest import resolve_models_dir
+    from dataclasses import replace
 
-    models_dir, _why = resolve_models_dir(args.models_dir)
-    return EngineConfig(models_dir=models_dir, device="cpu", sd_model=args.sd_model or "", vae=args.vae or "",
-                        e4e=args.e4e or "", adapter=args.adapter or "", parser=args.parser or "")
+    from engine.cli.common import config_from_args
+
+    config = config_from_args(args, sd_model=args.sd_model or "", vae=args.vae or "", e4e=args.e4e or "",
+                              adapter=args.adapter or "", parser=args.parser or "")
+    return replace(config, device="cpu")
 
 
 def _onnx_dir(args: argparse.Namespace, config=None) -> Path:

@@ -1,7 +1,7 @@
 """Load the torch component an export starts from, out of the models folder, with its weight hashes.
 
-Paths come from the manifest (`engine.manifest.runtime_path`), so the exporter reads exactly the files
-the app runs (safetensors conversions of pickles included).
+Paths come from the model service (`ModelService.runtime_path`), so the exporter reads exactly the
+files the app runs (safetensors conversions of pickles included).
 """
 
 from __future__ import annotations
@@ -45,20 +45,19 @@ class ComponentLoader:
     """
 
     def __init__(self, config: EngineConfig, dtype: torch.dtype = torch.float32) -> None:
+        from engine.models.service import ModelService
+
         self.config = config
+        self.models = ModelService(config)
         self.dtype = dtype
         self._cache: dict[str, Any] = {}
         self._hashes: dict[str, WeightSource] = {}
 
     def _path(self, role: str) -> Any:
-        from engine.manifest import runtime_path
-
-        return runtime_path(self.config, role)
+        return self.models.runtime_path(role)
 
     def _optional_path(self, role: str) -> Any:
-        from engine.manifest import find_model
-
-        return find_model(self.config, role)
+        return self.models.find(role)
 
     def _weights(self, role: str, path: Any) -> WeightSource:
         if role not in self._hashes:

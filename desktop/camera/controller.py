@@ -20,8 +20,8 @@ import numpy as np
 from PySide6.QtCore import QObject, Signal
 
 from desktop.camera.sources import FrameSource, open_source
-from desktop.coalesce import CLOSED, LatestSlot
 from engine.api import FaceBox, QualityReport
+from engine.coalesce import CLOSED, LatestSlot
 from engine.errors import CameraError, EngineError
 
 log = logging.getLogger(__name__)

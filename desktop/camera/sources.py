@@ -1,5 +1,8 @@
 """Frame sources: webcams through `engine.capture`, plus still-image and synthetic sources.
 
+Still images are decoded by the engine's decoder (`engine.images.load_image`), so a photo gives the
+GUI exactly the pixels it gives `wplus encode` (EXIF orientation, the 100-megapixel limit, modes).
+
 Every source is pull-based: `read(timeout)` returns the next RGB uint8 frame (H×W×3) or None, and
 `close()` releases it. The camera thread of `desktop.camera.controller` is the only caller.
 """
@@ -16,7 +19,8 @@ from typing import Any, Protocol
 
 import numpy as np
 
-from engine.errors import CameraError, ImageUnreadable
+from engine.errors import CameraError
+from engine.images import load_image
 
 log = logging.getLogger(__name__)
 
@@ -91,7 +95,7 @@ class StillSource:
         files = sorted(f for f in p.iterdir() if f.suffix.lower() in (".png", ".jpg", ".jpeg")) if p.is_dir() else [p]
         if not files:
             raise CameraError(f"No images found in {p}.", "Choose a folder with PNG or JPEG photos.")
-        self._frames = [read_image_rgb(f) for f in files]
+        self._frames = [load_image(f) for f in files]
         self._pace = _Paced(fps)
         self._i = 0
 
@@ -178,25 +182,6 @@ def _capture_module(name: str) -> Any:
             f"Webcam and video support is not available in this build ({exc}).",
             "Use File ▸ Open photo, or drop a photo on the window.",
         ) from exc
-
-
-def read_image_rgb(path: str | Path) -> np.ndarray:
-    """Decode an image file to RGB uint8 with Qt (EXIF orientation applied; no heavy imports).
-
-    Raises:
-        ImageUnreadable: the file is missing, not an image, or too large.
-    """
-    from PySide6.QtGui import QImage, QImageReader
-
-    reader = QImageReader(str(path))
-    reader.setAutoTransform(True)
-    size = reader.size()
-    if size.isValid() and size.width() * size.height() > 80_000_000:
-        raise ImageUnreadable(f"{path} is too large ({size.width()}×{size.height()}).", "Use a smaller photo.")
-    img = reader.read()
-    if img.isNull():
-        raise ImageUnreadable(f"Cannot read {path}: {reader.errorString()}.", "Use a PNG or JPEG photo.")
-    return qimage_to_rgb(img.convertToFormat(QImage.Format.Format_RGB888))
 
 
 def qimage_to_rgb(img: Any) -> np.ndarray:

@@ -20,11 +20,12 @@ from typing import Any
 import numpy as np
 from PySide6.QtCore import QObject, Signal
 
-from desktop.camera.sources import read_image_rgb
 from desktop.imaging import encode_png, thumbnail
 from engine.api import Identity
+from engine.edits.directions import interpolate
 from engine.errors import StorageError
 from engine.fileio import atomic_write_bytes
+from engine.images import load_image
 
 log = logging.getLogger(__name__)
 
@@ -42,9 +43,13 @@ def new_identity_id() -> str:
 
 
 def mix_identities(a: Identity, b: Identity, t: float, name: str = "") -> Identity:
-    """Linear mix of two W+ codes: t=0 gives `a`, t=1 gives `b` (faces are not mixed)."""
+    """Linear mix of two W+ codes: t=0 gives `a`, t=1 gives `b` (faces are not mixed).
+
+    The mix slider stays between the two people (t is clamped to [0, 1]); the W+ arithmetic is the
+    engine's one mix, `engine.edits.directions.interpolate` (float64, as the official edits).
+    """
     t = float(min(1.0, max(0.0, t)))
-    wplus = (1.0 - t) * a.wplus + t * b.wplus
+    wplus = interpolate(a.wplus, b.wplus, t)
     face = a.aligned_face if t < 0.5 else b.aligned_face
     return Identity(id=new_identity_id(), name=name or f"{a.name} × {b.name} ({round(t * 100)}%)",
                     wplus=wplus, aligned_face=face, source=f"mix:{a.id}:{b.id}:{t:.3f}",
@@ -83,8 +88,8 @@ class IdentityLibrary(QObject):
     def _read(folder: Path) -> IdentityEntry:
         meta = json.loads((folder / "meta.json").read_text("utf-8"))
         wplus = np.load(folder / "wplus.npy", allow_pickle=False)
-        face = read_image_rgb(folder / "face.png") if (folder / "face.png").exists() else None
-        thumb = read_image_rgb(folder / "thumb.png") if (folder / "thumb.png").exists() else None
+        face = load_image(folder / "face.png") if (folder / "face.png").exists() else None
+        thumb = load_image(folder / "thumb.png") if (folder / "thumb.png").exists() else None
         ident = Identity(id=folder.name, name=str(meta.get("name", folder.name)), wplus=wplus,
                          aligned_face=face, source=str(meta.get("source", "")), info=meta.get("info", {}))
         return IdentityEntry(ident, thumb, float(meta.get("created", 0.0)), folder)

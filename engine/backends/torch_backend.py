@@ -32,7 +32,6 @@ from engine.backends.base import IO_SPEC, ComponentSpec
 from engine.errors import BackendUnavailable, InvalidInput
 
 if TYPE_CHECKING:
-    import torch
 
     from engine.networks.sd15 import SD15Components
     from engine.networks.wplus import WProj
@@ -41,39 +40,6 @@ log = logging.getLogger(__name__)
 
 # FreeU factors of the official pipeline (REFERENCE.md §4).
 FREEU_OFFICIAL = {"s1": 0.6, "s2": 0.4, "b1": 1.1, "b2": 1.2}
-_DTYPES = ("float32", "float16", "bfloat16")
-
-
-def resolve_device(device: str = "auto", dtype: str = "auto") -> tuple[torch.device, torch.dtype]:
-    """Turn config strings into a torch device and dtype.
-
-    "auto" device: CUDA if available, else CPU. "auto" dtype: float16 on CUDA, float32 on CPU.
-
-    Raises:
-        BackendUnavailable: CUDA requested but not available, or an unknown dtype.
-    """
-    import torch
-
-    if device in ("", "auto"):
-        dev = torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    else:
-        try:
-            dev = torch.device(device)
-        except RuntimeError as exc:
-            raise BackendUnavailable(f"Unknown device '{device}'.", "Use cpu, cuda, cuda:N or auto.") from exc
-        if dev.type == "cuda" and not torch.cuda.is_available():
-            raise BackendUnavailable(
-                f"The device '{device}' was requested but CUDA is not available in this build of PyTorch "
-                f"({torch.__version__}).",
-                "Use --device cpu, or install a CUDA build of PyTorch and an NVIDIA driver.",
-            )
-    if dtype in ("", "auto"):
-        dt = torch.float16 if dev.type == "cuda" else torch.float32
-    elif dtype in _DTYPES:
-        dt = getattr(torch, dtype)
-    else:
-        raise BackendUnavailable(f"Unknown dtype '{dtype}'.", f"Use one of {', '.join(_DTYPES)} or auto.")
-    return dev, dt
 
 
 @dataclass(frozen=True)

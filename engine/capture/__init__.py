@@ -1,5 +1,5 @@
 """Frame sources (webcam, video file, still photo) behind one interface, on plain Python threads."""
 
-from engine.capture.base import CaptureEvent, CaptureFrame, EventKind, FrameSource, LatestSlot
+from engine.capture.base import CaptureEvent, CaptureFrame, EventKind, FrameSource
 
-__all__ = ["CaptureEvent", "CaptureFrame", "EventKind", "FrameSource", "LatestSlot"]
+__all__ = ["CaptureEvent", "CaptureFrame", "EventKind", "FrameSource"]

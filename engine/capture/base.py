@@ -1,4 +1,5 @@
-"""Frame sources behind one interface: frames, events, and a capacity-1 latest-frame slot.
+"""Frame sources behind one interface: frames, events, and a capacity-1 latest-frame slot
+(`engine.coalesce.LatestSlot`).
 
 A source produces RGB uint8 frames on its own thread (plain Python threads; the desktop wraps them in
 Qt signals). Consumers never queue frames: they read the newest one, so a slow consumer sees fresh
@@ -14,7 +15,7 @@ import threading
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
-from typing import Generic, Protocol, TypeVar
+from typing import Protocol, TypeVar
 
 import numpy as np
 
@@ -49,41 +50,6 @@ class CaptureEvent:
     kind: EventKind
     message: str
     timestamp: float = field(default_factory=time.monotonic)
-
-
-class LatestSlot(Generic[T]):
-    """A thread-safe capacity-1 slot: `put` replaces the value, `get` returns the newest one.
-
-    Each value gets a sequence number so a reader can wait for something newer than what it saw.
-    """
-
-    def __init__(self) -> None:
-        self._cond = threading.Condition()
-        self._value: T | None = None
-        self._seq = 0
-
-    def put(self, value: T) -> int:
-        with self._cond:
-            self._value = value
-            self._seq += 1
-            self._cond.notify_all()
-            return self._seq
-
-    def get(self, newer_than: int = 0, timeout: float | None = None) -> tuple[int, T | None]:
-        """(sequence, value) once the sequence exceeds `newer_than`; (current seq, None) on timeout."""
-        with self._cond:
-            if not self._cond.wait_for(lambda: self._seq > newer_than, timeout=timeout):
-                return self._seq, None
-            return self._seq, self._value
-
-    def peek(self) -> T | None:
-        with self._cond:
-            return self._value
-
-    @property
-    def seq(self) -> int:
-        with self._cond:
-            return self._seq
 
 
 class FrameSource(Protocol):

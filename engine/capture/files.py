@@ -12,7 +12,8 @@ from typing import Any
 
 import numpy as np
 
-from engine.capture.base import CaptureEvent, CaptureFrame, EventKind, EventLog, LatestSlot
+from engine.capture.base import CaptureEvent, CaptureFrame, EventKind, EventLog
+from engine.coalesce import LatestSlot
 from engine.errors import ImageUnreadable
 
 log = logging.getLogger(__name__)

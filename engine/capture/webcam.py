@@ -17,7 +17,8 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from engine.capture.base import CaptureEvent, CaptureFrame, EventKind, EventLog, LatestSlot
+from engine.capture.base import CaptureEvent, CaptureFrame, EventKind, EventLog
+from engine.coalesce import LatestSlot
 
 log = logging.getLogger(__name__)
 

@@ -12,6 +12,7 @@ import os
 import sys
 from collections.abc import Sequence
 
+from engine.cli.common import MODELS_DIR_HELP
 from engine.errors import Cancelled, EngineError
 
 # Subcommand modules in help order; a module registers one or more subcommands.
@@ -33,7 +34,7 @@ def build_parser() -> argparse.ArgumentParser:
         description="W+ Studio command line: align and encode faces, edit W+, generate with SD1.5 + the W+ adapter.",
     )
     parser.add_argument("--debug", action="store_true", help="show tracebacks and debug logging")
-    parser.add_argument("--models-dir", help="models folder (default: WPLUS_MODELS_DIR, settings, ./models)")
+    parser.add_argument("--models-dir", help=MODELS_DIR_HELP)
     parser.add_argument("--device", default="auto", help="cpu, cuda, cuda:N or auto (default)")
     sub = parser.add_subparsers(dest="command", metavar="COMMAND")
     for name in SUBCOMMAND_MODULES:

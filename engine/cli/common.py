@@ -6,11 +6,22 @@ import argparse
 
 from engine.config import EngineConfig
 
+MODELS_DIR_HELP = (
+    "models folder (default, first that applies: WPLUS_MODELS_DIR, ./models in the current directory, "
+    "a models/ folder beside the application, your user data folder; `wplus models list` says which)"
+)
 
-def config_from_args(args: argparse.Namespace, **overrides: str) -> EngineConfig:
-    from engine.manifest import resolve_models_dir
+
+def config_from_args(args: argparse.Namespace, **paths: str) -> EngineConfig:
+    """The EngineConfig of the parsed global options, with the model paths the user gave.
+
+    Args:
+        paths: EngineConfig path fields (sd_model, vae, e4e, adapter, parser) as typed; relative ones are
+            taken from the current directory (made absolute here), empty ones are left to the models folder.
+    """
+    from engine.models.folder import resolve_models_dir, user_path
 
     models_dir, _why = resolve_models_dir(getattr(args, "models_dir", None))
-    fields = {"models_dir": models_dir, "device": getattr(args, "device", "auto") or "auto"}
-    fields.update({k: v for k, v in overrides.items() if v})
+    fields: dict = {"models_dir": models_dir, "device": getattr(args, "device", "auto") or "auto"}
+    fields.update({k: str(user_path(v)) for k, v in paths.items() if v})
     return EngineConfig(**fields)

@@ -13,11 +13,13 @@ def register(subparsers: argparse._SubParsersAction) -> None:
         description=(
             "Run the official chain: dlib detection and landmarks, FFHQ alignment to 512², ParseNet background "
             "and clothes whitening, e4e → W+. Without the parser file the face is encoded without whitening "
-            "(a warning says so). Example: wplus encode --e4e e4e_ffhq_encode.pt photo.jpg -o me.npy"
+            "(a warning says so). Paths are relative to the current directory; models you do not name come from the models folder. "
+            "Example: wplus encode --e4e models/e4e_ffhq_encode.pt photo.jpg -o me.npy"
         ),
     )
     p.add_argument("photo", help="input photo, or an aligned face with --aligned")
-    p.add_argument("-o", "--output", required=True, help="output W+ (.npy, float32 1×18×512)")
+    p.add_argument("-o", "--output", required=True,
+                   help="output W+ (.npy, float32 1×18×512; missing folders are created)")
     p.add_argument("--e4e", default="", help="e4e checkpoint (default: e4e_ffhq_encode.pt in the models folder)")
     p.add_argument("--parser", default="",
                    help="ParseNet checkpoint (default: parse_multi_iter_90000.pth in the models folder)")
@@ -36,10 +38,10 @@ def run(args: argparse.Namespace) -> int:
     from engine.faces.chain import FaceChain
     from engine.fileio import atomic_write_with
     from engine.images import load_image, save_png
-    from engine.store import ModelStore
+    from engine.models.service import ModelService
 
     config = config_from_args(args, e4e=args.e4e, parser=args.parser)
-    chain = FaceChain.from_config(config, ModelStore())
+    chain = FaceChain.from_service(ModelService(config))
     chain.align_mode = args.mode
     image = load_image(args.photo)
     identity = chain.encode_identity(image, aligned=args.aligned, face_index=args.face)

@@ -17,7 +17,8 @@ def register(subparsers: Any) -> None:
         help="generate images with SD1.5 and the W+ adapter",
         description=(
             "Generate images of a person (a W+ code, a face photo, or the settings saved in a W+ Studio PNG) "
-            "with Stable Diffusion 1.5 and the W+ adapter. Each image is written as PNG with its settings."
+            "with Stable Diffusion 1.5 and the W+ adapter. Each image is written as PNG with its settings. "
+            "Paths are relative to the current directory; models you do not name come from the models folder."
         ),
     )
     src = p.add_mutually_exclusive_group()
@@ -25,9 +26,9 @@ def register(subparsers: Any) -> None:
     src.add_argument("--image", metavar="FACE", help="a face photo, encoded with the face chain (e4e)")
     src.add_argument("--from-png", metavar="PNG", help="re-render an image saved by W+ Studio from its metadata")
     p.add_argument("--aligned", action="store_true", help="--image is already an FFHQ-aligned face")
-    p.add_argument("--model", help="SD1.5 diffusers folder or single .safetensors (default: models/sd15)")
-    p.add_argument("--adapter", help="W+ adapter file (default: models/wplus_adapter.*)")
-    p.add_argument("--vae", help="separate VAE folder or file (default: models/vae/sd-vae-ft-mse if present)")
+    p.add_argument("--model", help="SD1.5 diffusers folder or single .safetensors (default: sd15/ in the models folder)")
+    p.add_argument("--adapter", help="W+ adapter file (default: wplus_adapter.* in the models folder)")
+    p.add_argument("--vae", help="separate VAE folder or file (default: vae/sd-vae-ft-mse in the models folder, if present)")
     p.add_argument("--prompt", default=DEFAULT_PROMPT)
     p.add_argument("--negative", default=DEFAULT_NEGATIVE_PROMPT, help="negative prompt (default: the official one)")
     p.add_argument("--seed", type=int, default=23)
@@ -45,7 +46,8 @@ def register(subparsers: Any) -> None:
     p.add_argument("--name", default="", help="identity name stored in the metadata")
     p.add_argument("--dtype", default="auto", help="float32, float16, bfloat16 or auto")
     p.add_argument("--quiet", action="store_true", help="no progress output")
-    p.add_argument("--out", required=True, help="output PNG; with --n > 1: OUT-0.png, OUT-1.png, …")
+    p.add_argument("--out", required=True,
+                   help="output PNG; with --n > 1: OUT-0.png, OUT-1.png, … (missing folders are created)")
     p.set_defaults(func=run)
 
 
@@ -71,7 +73,7 @@ def _load_wplus(path: str) -> Any:
             return np.load(p, allow_pickle=False)
         except (OSError, ValueError) as exc:
             raise InvalidInput(f"{p} is not a readable .npy W+ file ({exc}).") from exc
-    from engine.checkpoints import load_tensor_file
+    from engine.models.safe_load import load_tensor_file
 
     return load_tensor_file(p).float().numpy()
 

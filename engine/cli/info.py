@@ -54,7 +54,8 @@ def info_lines(args: argparse.Namespace) -> list[str]:
         lines.append(f"Backends: cannot probe ({exc})")
     try:
         from engine.cli.common import config_from_args
-        from engine.manifest import check_models, resolve_models_dir
+        from engine.models.folder import resolve_models_dir
+        from engine.models.verify import check_models
 
         models_dir, why = resolve_models_dir(getattr(args, "models_dir", None))
         lines.append(f"Models folder: {models_dir} ({why})")

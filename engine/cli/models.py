@@ -14,6 +14,7 @@ from pathlib import Path
 from typing import TextIO
 
 from engine.api import ModelState, ModelStatus, Progress
+from engine.cli.common import MODELS_DIR_HELP
 from engine.errors import EngineError
 
 _BAR = 24
@@ -86,7 +87,8 @@ def _duration(s: float) -> str:
 
 def _context(args: argparse.Namespace):
     from engine.cli.common import config_from_args
-    from engine.manifest import load_manifest, resolve_models_dir
+    from engine.models.folder import resolve_models_dir
+    from engine.models.manifest import load_manifest
 
     manifest = load_manifest(args.manifest) if getattr(args, "manifest", None) else load_manifest()
     config = config_from_args(args)
@@ -127,7 +129,7 @@ def _problems(states: tuple[ModelState, ...], named: bool) -> list[ModelState]:
 
 
 def cmd_list(args: argparse.Namespace) -> int:
-    from engine.manifest import check_models
+    from engine.models.verify import check_models
 
     manifest, config, why = _context(args)
     states = check_models(config, manifest=manifest, verify=False)
@@ -148,7 +150,7 @@ def cmd_list(args: argparse.Namespace) -> int:
 
 
 def cmd_verify(args: argparse.Namespace) -> int:
-    from engine.manifest import check_models
+    from engine.models.verify import check_models
 
     manifest, config, why = _context(args)
     bar = TerminalProgress()
@@ -169,8 +171,8 @@ def cmd_verify(args: argparse.Namespace) -> int:
 
 
 def cmd_fetch(args: argparse.Namespace) -> int:
-    from engine.manifest import check_models
-    from engine.models_fetch import fetch
+    from engine.models.fetch import fetch
+    from engine.models.verify import check_models
 
     manifest, config, _why = _context(args)
     if args.ids:
@@ -208,13 +210,14 @@ def cmd_fetch(args: argparse.Namespace) -> int:
 
 
 def cmd_import(args: argparse.Namespace) -> int:
-    from engine.models_import import import_models
+    from engine.models.folder import user_path
+    from engine.models.importer import import_models
 
     manifest, config, _why = _context(args)
     bar = TerminalProgress()
     try:
         report = import_models(
-            Path(args.source), config.models_dir, link=args.link, progress=bar, manifest=manifest,
+            user_path(args.source), config.models_dir, link=args.link, progress=bar, manifest=manifest,
             convert=not args.no_convert,
         )
     finally:
@@ -232,15 +235,16 @@ def cmd_import(args: argparse.Namespace) -> int:
 
 
 def cmd_convert(args: argparse.Namespace) -> int:
-    from engine.manifest import convert_checkpoint
+    from engine.models.convert import convert_to_safetensors
+    from engine.models.folder import user_path
 
-    src = Path(args.src)
-    dst = Path(args.output) if args.output else src.with_suffix(".safetensors")
+    src = user_path(args.src)
+    dst = user_path(args.output) if args.output else src.with_suffix(".safetensors")
     if dst.resolve() == src.resolve():
         raise EngineError(f"{src} is already a safetensors file.", "Give another output name with -o.")
     if dst.suffix.lower() != ".safetensors":
         raise EngineError(f"The output {dst} must end in .safetensors.")
-    out = convert_checkpoint(src, dst)
+    out = convert_to_safetensors(src, dst)
     print(f"wrote {out} ({_size(out.stat().st_size)})")
     return 0
 
@@ -250,9 +254,10 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     p = subparsers.add_parser(
         "models", help="list, verify, download or import model files",
         description="Manage the models folder. The folder is chosen by --models-dir, WPLUS_MODELS_DIR, "
-        "the app settings, a models/ folder beside the app, or your user data folder (first match wins).",
+        "the app settings, ./models in the current directory, a models/ folder beside the app, or your user "
+        "data folder (first match wins).",
     )
-    p.add_argument("--models-dir", default=argparse.SUPPRESS, help="models folder (same as wplus --models-dir)")
+    p.add_argument("--models-dir", default=argparse.SUPPRESS, help=MODELS_DIR_HELP)
     p.add_argument("--manifest", default=argparse.SUPPRESS, help="a model manifest (default: the built-in one)")
     sub = p.add_subparsers(dest="models_command", metavar="ACTION")
     p.set_defaults(func=lambda _a: (p.print_help(), 2)[1])

@@ -26,7 +26,8 @@ def register(subparsers: argparse._SubParsersAction) -> None:
         ),
     )
     p.add_argument("wplus", help="W+ file: .npy (1×18×512 or 18×512) or an official .pth/.pt tensor")
-    p.add_argument("-o", "--output", required=True, help="image to write (.png, .jpg, .webp)")
+    p.add_argument("-o", "--output", required=True,
+                   help="image to write (.png, .jpg, .webp; missing folders are created)")
     p.add_argument("--size", type=int, choices=SIZES, default=256, help="output size (default 256)")
     p.add_argument("--full", action="store_true", help="with --size 256: downscale the full 1024² image")
     p.add_argument("--e4e", default="", help="e4e checkpoint (default: e4e_ffhq_encode.* in the models folder)")
@@ -52,8 +53,8 @@ def load_wplus_file(path: str | Path) -> np.ndarray:
         except (ValueError, OSError, EOFError) as exc:
             raise InvalidInput(f"{p} is not a readable .npy array ({exc}).") from exc
     elif suffix in (".pth", ".pt"):
-        from engine.checkpoints import load_tensor_file
         from engine.errors import ModelCorrupt, UnsafeCheckpoint
+        from engine.models.safe_load import load_tensor_file
 
         try:
             tensor = load_tensor_file(p)
@@ -82,13 +83,13 @@ def encode_image(rgb: np.ndarray, path: str | Path) -> bytes:
 def run(args: argparse.Namespace) -> int:
     from engine.cli.common import config_from_args
     from engine.fileio import atomic_write_bytes
-    from engine.networks.stylegan2 import StyleGANPreview
+    from engine.models.service import ModelService
 
     wplus = load_wplus_file(args.wplus)
     encode_image(np.zeros((1, 1, 3), np.uint8), args.output)  # refuse a bad suffix before the slow part
     config = config_from_args(args, e4e=args.e4e)
     t0 = time.perf_counter()
-    preview = StyleGANPreview.from_config(config)
+    preview = ModelService(config).load("stylegan_preview")
     t1 = time.perf_counter()
     rgb = preview.render(wplus, args.size, full=args.full)
     t2 = time.perf_counter()

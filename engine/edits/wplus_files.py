@@ -35,7 +35,7 @@ def read_wplus(path: str | os.PathLike[str]) -> np.ndarray:
         except (OSError, ValueError) as exc:
             raise InvalidInput(f"{p} is not a readable .npy array ({exc}).") from exc
     elif suffix in (".pth", ".pt"):
-        from engine.checkpoints import load_tensor_file
+        from engine.models.safe_load import load_tensor_file
 
         arr = load_tensor_file(p).detach().to("cpu").float().numpy()
     else:

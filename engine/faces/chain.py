@@ -1,7 +1,7 @@
 """The whole face chain of the official script: detect → align → whiten → e4e → W+ (REFERENCE.md §1.1–1.5).
 
 `FaceChain` owns the detector and loads the e4e encoder and the face parser once (through the
-session's ModelStore). Without the parser file the chain still runs, without whitening, and says so in
+session's model service). Without the parser file the chain still runs, without whitening, and says so in
 `Identity.info["warnings"]` and the log; without e4e it raises ModelMissing with a hint.
 """
 
@@ -18,43 +18,20 @@ from typing import Any
 import numpy as np
 
 from engine.api import BurstResult, FaceBox, Identity, Progress
-from engine.config import EngineConfig
-from engine.errors import FaceNotFound, InvalidInput, ModelMissing
+from engine.errors import FaceNotFound, InvalidInput
 from engine.faces.align import AlignMode, align_face, resize_aligned
 from engine.faces.preprocess import e4e_input
 from engine.faces.quality import QualityThresholds, assess
 from engine.images import as_rgb_uint8
-from engine.store import ModelStore
+from engine.models.service import ModelService
 
 log = logging.getLogger(__name__)
 
-E4E_NAMES = ("e4e_ffhq_encode.safetensors", "e4e_ffhq_encode.pt")
-PARSER_NAMES = ("parse_multi_iter_90000.safetensors", "parse_multi_iter_90000.pth")
 NO_PARSER_WARNING = (
     "The face parser (parse_multi_iter_90000.pth) is not installed: the background and clothes were not "
     "whitened before encoding, so the identity may carry background texture."
 )
 ProgressFn = Callable[[Progress], None] | None
-
-
-def _find(config: EngineConfig, configured: str, names: Sequence[str]) -> Path | None:
-    if configured:
-        p = config.resolve(configured)
-        return p if p.exists() else None
-    for n in names:
-        p = config.models_dir / n
-        if p.is_file():
-            return p
-    return None
-
-
-def resolve_device(device: str) -> str:
-    """"auto" → "cuda" when available, else "cpu"; anything else unchanged."""
-    if device != "auto":
-        return device
-    import torch
-
-    return "cuda" if torch.cuda.is_available() else "cpu"
 
 
 @dataclass(frozen=True)
@@ -99,40 +76,25 @@ class FaceChain:
         self.parser_path = parser_path
 
     @classmethod
-    def from_config(cls, config: EngineConfig, store: ModelStore) -> FaceChain:
-        """Locate e4e and the parser in the models folder (or the configured paths).
+    def from_service(cls, models: ModelService) -> FaceChain:
+        """The chain of a configuration: e4e and the parser located and loaded through the model service.
+
+        The files are found now (a missing e4e fails here); they are converted and loaded on first use.
 
         Raises:
             ModelMissing: no e4e checkpoint (the message names where it was expected).
         """
-        e4e_path = _find(config, config.e4e, E4E_NAMES)
-        if e4e_path is None:
-            where = config.resolve(config.e4e) if config.e4e else config.models_dir / E4E_NAMES[1]
-            raise ModelMissing(
-                f"The e4e face encoder is missing (expected at {where}).",
-                "Put e4e_ffhq_encode.pt (or its .safetensors conversion) in the models folder, "
-                "or run `wplus models fetch`.",
-            )
-        parser_path = _find(config, config.parser, PARSER_NAMES)
-        device = resolve_device(config.device)
+        e4e_path = models.locate("e4e")
+        parser_path = models.find("parser")
 
-        def load_e4e():
-            from engine.networks.e4e import load_e4e as _load
+        def parser_loader():
+            from engine.faces.parse import FaceParser
 
-            return store.get(("e4e", str(e4e_path), device, "float32"), lambda: _load(e4e_path, device=device))
-
-        parser_loader = None
-        if parser_path is not None:
-            pp = parser_path
-
-            def parser_loader():
-                from engine.faces.parse import FaceParser
-
-                return store.get(("parser", str(pp), device), lambda: FaceParser.load(pp, device=device))
+            return models.get(("face_parser", str(parser_path)), lambda: FaceParser(models.load("parser")))
 
         return cls(
-            load_e4e,
-            parser_loader,
+            lambda: models.load("e4e"),
+            parser_loader if parser_path is not None else None,
             e4e_path=str(e4e_path),
             parser_path=str(parser_path or ""),
         )

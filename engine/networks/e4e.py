@@ -5,19 +5,28 @@ feature taps (c1/c2/c3), an FPN-style top-down path with two lateral 1×1 convs,
 heads that predict one base code w0 plus per-layer offsets. Module and parameter names equal the
 keys of `e4e_ffhq_encode.pt` after stripping `encoder.`, so the official weights load strictly.
 
+The checkpoint loader (`load_e4e_checkpoint`) sits here too: it reads the official pickle or its
+safetensors conversion through `engine.models.safe_load` and checks the layout against this module.
+
 No StyleGAN2 CUDA ops are imported (the official code compiles them at import): EqualLinear is
 re-implemented below.
 """
 
 from __future__ import annotations
 
+import json
 import math
 import os
-from typing import NamedTuple
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, NamedTuple
 
 import torch
 import torch.nn.functional as F
 from torch import nn
+
+from engine.errors import ModelCorrupt
 
 NUM_STYLES = 18  # log2(1024)·2 − 2: StyleGAN2-FFHQ-1024 has 18 W+ rows
 STYLE_DIM = 512
@@ -201,10 +210,8 @@ def load_e4e(
         The encoder in eval mode, with `latent_avg` loaded.
 
     Raises:
-        ModelMissing, ModelCorrupt, UnsafeCheckpoint: see `engine.checkpoints.load_e4e_checkpoint`.
+        ModelMissing, ModelCorrupt, UnsafeCheckpoint: see `load_e4e_checkpoint`.
     """
-    from engine.checkpoints import load_e4e_checkpoint
-
     ckpt = load_e4e_checkpoint(path, parts=("encoder",))  # the 120 MB StyleGAN2 decoder is not needed here
     with torch.device("meta"):
         model = E4EEncoder()
@@ -214,3 +221,151 @@ def load_e4e(
     model.load_state_dict(state, strict=True, assign=True)
     model = model.to(device=device, dtype=dtype)
     return model.eval()
+
+
+# -- loading ------------------------------------------------------------------------------------
+
+
+@dataclass(frozen=True, eq=False)
+class E4ECheckpoint:
+    """The parts of an e4e checkpoint the engine uses.
+
+    Attributes:
+        encoder_state: Encoder4Editing state, keys without `encoder.` (621 tensors for the official file).
+        decoder_state: StyleGAN2 generator state, keys without `decoder.` (empty if the file has none).
+        latent_avg: 18×512 mean latent added to the encoder's codes.
+        opts: the training options stored with the checkpoint (informative only).
+    """
+
+    encoder_state: dict[str, torch.Tensor]
+    decoder_state: dict[str, torch.Tensor]
+    latent_avg: torch.Tensor
+    opts: dict[str, Any] = field(default_factory=dict)
+
+
+
+
+E4E_PARTS = ("encoder", "decoder")
+
+
+def _e4e_parts(parts: Sequence[str]) -> tuple[str, ...]:
+    chosen = tuple(dict.fromkeys(parts))
+    unknown = [x for x in chosen if x not in E4E_PARTS]
+    if unknown or not chosen:
+        raise ValueError(f"e4e parts must be a non-empty selection of {E4E_PARTS}, got {tuple(parts)!r}")
+    return chosen
+
+
+def load_e4e_checkpoint(
+    path: str | os.PathLike[str], parts: Sequence[str] = E4E_PARTS
+) -> E4ECheckpoint:
+    """Load and check an e4e checkpoint (official pickle or our safetensors conversion).
+
+    Args:
+        path: `e4e_ffhq_encode.pt` or its `.safetensors` conversion.
+        parts: which networks to load: ("encoder", "decoder") (default), ("encoder",) for the face
+            encoder, ("decoder",) for the StyleGAN2 preview. A `.safetensors` file reads only the chosen
+            tensors; a zip-format pickle is memory-mapped, so the unused tensors are not read either
+            (a legacy pickle must be read whole; the unused tensors are dropped at once). `latent_avg`
+            and the opts are always loaded.
+
+    Returns:
+        The encoder state (checked strictly against the IR-SE50 Encoder4Editing layout when loaded;
+        empty when not asked for), the decoder state (unchecked here; the StyleGAN2 loader checks it;
+        empty when not asked for or absent), latent_avg (18×512) and the opts.
+
+    Raises:
+        ModelMissing, UnsafeCheckpoint: as `load_state`.
+        ModelCorrupt: damaged file, or not the e4e layout (message names the first offending key).
+        ValueError: `parts` names something else than "encoder"/"decoder".
+    """
+    from engine.models.safe_load import (
+        LAYOUT_E4E,
+        LAYOUT_KEY,
+        PICKLE_SUFFIXES,
+        REDOWNLOAD_HINT,
+        SAFETENSORS_SUFFIX,
+        as_tensor_dict,
+        check_exists,
+        check_layout,
+        load_pickle,
+        load_safetensors,
+        load_state_with_metadata,
+        shape_of,
+        strip_prefix,
+    )
+
+    chosen = _e4e_parts(parts)
+    everything = set(chosen) == set(E4E_PARTS)
+    prefixes = tuple(f"{x}." for x in chosen)
+
+    def keep(key: str) -> bool:
+        return key == "latent_avg" or key.startswith(prefixes)
+
+    p = Path(path)
+    check_exists(p)
+    layout = "e4e checkpoint (Encoder4Editing IR-SE50 + latent_avg)"
+    suffix = p.suffix.lower()
+    if suffix == SAFETENSORS_SUFFIX:
+        tensors, metadata, keys = load_safetensors(p, None if everything else keep)
+        obj: dict[str, Any] = dict(tensors)
+        # a foreign key is reported as unexpected below, without reading it
+        foreign = next((k for k in keys if k != "latent_avg" and not k.startswith(("encoder.", "decoder."))), None)
+        if foreign is not None:
+            obj[foreign] = None
+        if metadata.get(LAYOUT_KEY, LAYOUT_E4E) != LAYOUT_E4E:
+            raise ModelCorrupt(f"{p} is a converted '{metadata[LAYOUT_KEY]}' file, not an {layout}.")
+        flat = obj
+        try:
+            opts = json.loads(metadata.get("opts", "{}"))
+        except json.JSONDecodeError:
+            opts = {}
+    else:
+        mapped = suffix in PICKLE_SUFFIXES and not everything
+        if mapped:
+            # memory-mapped: the official zip-format file's 120 MB decoder loads without reading the
+            # 1.07 GB encoder (a legacy pickle is read whole; its unused tensors are dropped at once)
+            obj = load_pickle(p, mmap=True)
+            if not isinstance(obj, dict):
+                raise ModelCorrupt(f"{p} holds a {type(obj).__name__}, not a dictionary of weights.",
+                                   REDOWNLOAD_HINT)
+        else:
+            obj, _ = load_state_with_metadata(p)
+        if "state_dict" not in obj or "latent_avg" not in obj:
+            raise ModelCorrupt(
+                f"{p} does not have the {layout} layout: the top-level keys 'state_dict' and 'latent_avg' "
+                f"are required, found {sorted(map(str, obj))[:6]}.",
+                "Use e4e_ffhq_encode.pt (the FFHQ encoder) for the face encoder.",
+            )
+        state = as_tensor_dict(obj["state_dict"], p, "state_dict")
+        # foreign keys stay so the layout check below reports them; unused networks are dropped here
+        flat = {k: v for k, v in state.items() if keep(k) or not k.startswith(("encoder.", "decoder."))}
+        flat["latent_avg"] = obj["latent_avg"]
+        opts = obj.get("opts") or {}
+        opts = dict(opts) if isinstance(opts, Mapping) else {}
+        del obj, state
+    if "latent_avg" not in flat:
+        raise ModelCorrupt(f"{p} does not have the {layout} layout: key 'latent_avg' is missing.", REDOWNLOAD_HINT)
+    latent_avg = flat["latent_avg"]
+    if not isinstance(latent_avg, torch.Tensor) or tuple(latent_avg.shape) != (18, 512):
+        raise ModelCorrupt(
+            f"{p} does not have the {layout} layout: 'latent_avg' has shape "
+            f"{list(shape_of(latent_avg) or [])}, expected [18, 512].",
+            "Only the StyleGAN2-FFHQ-1024 e4e encoder (18 W+ rows) is supported.",
+        )
+    others = [k for k in flat if k != "latent_avg" and not k.startswith(("encoder.", "decoder."))]
+    if others:
+        raise ModelCorrupt(f"{p} does not have the {layout} layout: unexpected key '{others[0]}'.", REDOWNLOAD_HINT)
+    encoder_state = strip_prefix(flat, "encoder.") if "encoder" in chosen else {}
+    decoder_state = strip_prefix(flat, "decoder.") if "decoder" in chosen else {}
+    if "encoder" in chosen:
+        check_layout(encoder_state, e4e_layout(), p, layout)
+    latent_avg = latent_avg.detach().to(torch.float32)
+    if not everything:
+        latent_avg = latent_avg.clone()  # not a view of a memory-mapped file
+    return E4ECheckpoint(
+        encoder_state=encoder_state,
+        decoder_state=decoder_state,
+        latent_avg=latent_avg,
+        opts=opts,
+    )

@@ -144,10 +144,10 @@ def load_parsenet(
         The network in eval mode (BatchNorm uses its running statistics).
 
     Raises:
-        ModelMissing, UnsafeCheckpoint: as `engine.checkpoints.load_state`.
+        ModelMissing, UnsafeCheckpoint: as `engine.models.safe_load.load_state`.
         ModelCorrupt: damaged file or not the ParseNet layout (the message names the first bad key).
     """
-    from engine.checkpoints import check_layout, load_state
+    from engine.models.safe_load import check_layout, load_state
 
     state = load_state(path)
     if set(state) == {"state_dict"} and isinstance(state["state_dict"], dict):

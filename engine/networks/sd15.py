@@ -22,13 +22,13 @@ import json
 import logging
 import os
 import re
-import struct
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from engine.errors import ModelCorrupt, ModelMissing, WrongModelFamily
+from engine.models.safe_load import read_safetensors_header
 
 if TYPE_CHECKING:
     import torch
@@ -110,48 +110,6 @@ def file_fingerprint(path: str | os.PathLike[str], chunk: int = 1 << 20) -> str:
             fh.seek(max(chunk, size - chunk))
             h.update(fh.read(chunk))
     return h.hexdigest()[:16]
-
-
-def read_safetensors_header(path: str | os.PathLike[str]) -> dict[str, tuple[str, tuple[int, ...]]]:
-    """Key → (dtype, shape) of a safetensors file, read from its header only (no tensor data).
-
-    Raises:
-        ModelMissing: no such file.
-        ModelCorrupt: not a safetensors file, or truncated (the data does not cover the header's offsets).
-    """
-    p = Path(path)
-    if not p.is_file():
-        raise ModelMissing(f"Model file not found: {p}.", "Check the path or the models folder.")
-    size = p.stat().st_size
-    try:
-        with p.open("rb") as fh:
-            raw = fh.read(8)
-            if len(raw) < 8:
-                raise ModelCorrupt(f"{p} is empty or truncated (no safetensors header).", _REDOWNLOAD)
-            (n,) = struct.unpack("<Q", raw)
-            if n <= 0 or n > min(size - 8, 100 << 20):
-                raise ModelCorrupt(f"{p} is not a safetensors file (bad header length).", _REDOWNLOAD)
-            header = json.loads(fh.read(n))
-    except (UnicodeDecodeError, json.JSONDecodeError) as exc:
-        raise ModelCorrupt(f"{p} is not a safetensors file (unreadable header).", _REDOWNLOAD) from exc
-    except PermissionError as exc:
-        raise ModelMissing(f"No permission to read {p}.", "Fix the file's permissions.") from exc
-    out: dict[str, tuple[str, tuple[int, ...]]] = {}
-    end = 0
-    for key, info in header.items():
-        if key == "__metadata__":
-            continue
-        try:
-            dtype, shape, (_a, b) = info["dtype"], tuple(int(s) for s in info["shape"]), info["data_offsets"]
-        except (KeyError, TypeError, ValueError) as exc:
-            raise ModelCorrupt(f"{p} has a malformed safetensors header (entry '{key}').", _REDOWNLOAD) from exc
-        out[key] = (dtype, shape)
-        end = max(end, int(b))
-    if 8 + n + end > size:
-        raise ModelCorrupt(
-            f"{p} is truncated: it has {size:,} bytes, its header describes {8 + n + end:,}.", _REDOWNLOAD
-        )
-    return out
 
 
 # -- family detection --------------------------------------------------------------------------------
@@ -313,14 +271,14 @@ def _read_single_file(path: Path) -> tuple[dict[str, Any], dict[str, tuple[int, 
     """Tensors and shapes of a single-file checkpoint; the family is checked before reading tensor data."""
     if path.suffix.lower() == ".safetensors":
         header = read_safetensors_header(path)
-        shapes = {k: s for k, (_d, s) in header.items()}
+        shapes = {k: s for k, (_d, s) in header.tensors.items()}
         family = detect_family(shapes)
         if family != "sd15":
             raise _refuse(path, family)
-        from engine.checkpoints import load_state
+        from engine.models.safe_load import load_state
 
         return load_state(path), shapes
-    from engine.checkpoints import load_state
+    from engine.models.safe_load import load_state
 
     state = load_state(path)
     if isinstance(state.get("state_dict"), dict):  # Lightning .ckpt
@@ -372,7 +330,7 @@ def load_vae(
     cfg = _load_json((config_dir or default_config_dir()) / "vae" / "config.json")
     if p.suffix.lower() == ".safetensors":
         read_safetensors_header(p)  # a truncated file is reported by name before anything else
-    from engine.checkpoints import load_state
+    from engine.models.safe_load import load_state
 
     state = load_state(p)
     if isinstance(state.get("state_dict"), dict):

@@ -28,7 +28,7 @@ import threading
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
 import numpy as np
 import torch
@@ -36,9 +36,6 @@ import torch.nn.functional as F
 from torch import nn
 
 from engine.errors import InvalidInput, ModelCorrupt, ModelMissing
-
-if TYPE_CHECKING:
-    from engine.config import EngineConfig
 
 # Official (rosinality/e4e) channel widths for channel_multiplier 2, by resolution.
 OFFICIAL_CHANNELS: Mapping[int, int] = {
@@ -54,7 +51,6 @@ OFFICIAL_CHANNELS: Mapping[int, int] = {
 }
 REDUCED_RESOLUTION = 256  # the reduced preview path stops after this level
 PREVIEW_SIZES = (64, 128, 256, 512, 1024)  # ≤ 256: reduced paths (that level's RGB skip)
-DEFAULT_E4E_NAMES = ("e4e_ffhq_encode.safetensors", "e4e_ffhq_encode.pt")
 _LRELU_GAIN = math.sqrt(2.0)
 _DISABLED = "preview disabled: "
 _REDOWNLOAD_HINT = "Download e4e_ffhq_encode.pt again or re-import it (`wplus models`)."
@@ -627,23 +623,6 @@ def _export(module: PreviewModule, example: torch.Tensor, target: Path, opset: i
 # ---------------------------------------------------------------------------------------------------
 
 
-def default_e4e_path(config: EngineConfig) -> Path:
-    """`config.e4e` if set, else the converted `.safetensors` or the official `.pt` in `models_dir`."""
-    if config.e4e:
-        return config.resolve(config.e4e)
-    for name in DEFAULT_E4E_NAMES:
-        p = config.resolve(name)
-        if p.is_file():
-            return p
-    return config.resolve(DEFAULT_E4E_NAMES[-1])
-
-
-def _pick_device(name: str) -> str:
-    if name in ("", "auto"):
-        return "cuda" if torch.cuda.is_available() else "cpu"
-    return name
-
-
 def validate_wplus_for(generator: StyleGAN2Generator, wplus: np.ndarray) -> np.ndarray:
     """`engine.api.validate_wplus` (1×18×512, finite) for the official generator; the generator's
     own 1×n_latent×style_dim for reduced test generators. Raises InvalidInput."""
@@ -719,22 +698,11 @@ class StyleGANPreview:
 
     # -- construction ----------------------------------------------------------------------------
     @classmethod
-    def from_config(cls, config: EngineConfig) -> StyleGANPreview:
-        """Load the generator of the configured e4e checkpoint.
-
-        The file is `config.e4e` (resolved with `config.resolve`), else `e4e_ffhq_encode.safetensors`
-        or `e4e_ffhq_encode.pt` in `config.models_dir`. Device from `config.device`; always float32.
-
-        Raises:
-            ModelMissing: no e4e file, or a file without `decoder.*` keys (message "preview disabled: …").
-            ModelCorrupt: damaged file, or decoder keys/shapes that do not fit ("preview disabled: …").
-            UnsafeCheckpoint: a pickle that would run code (from `engine.checkpoints`).
-        """
-        return cls.from_checkpoint(default_e4e_path(config), device=_pick_device(config.device))
-
-    @classmethod
     def from_checkpoint(cls, path: str | Path, **kwargs: Any) -> StyleGANPreview:
-        """Load from an e4e checkpoint (`.pt` or its safetensors conversion) via `engine.checkpoints`.
+        """Load from an e4e checkpoint (`.pt` or its safetensors conversion) via `load_e4e_checkpoint`.
+
+        The engine gets the preview through the model service (`ModelService.load("stylegan_preview")`),
+        which finds the e4e file and converts a pickle first.
 
         Only the `decoder.*` tensors and `latent_avg` are loaded (a decoder-only file is enough).
 
@@ -743,9 +711,11 @@ class StyleGANPreview:
             **kwargs: passed to the constructor (device, dtype, channels_last, cache).
 
         Raises:
-            ModelMissing, ModelCorrupt, UnsafeCheckpoint: see `from_config`.
+            ModelMissing: no file, or a file without `decoder.*` keys (message "preview disabled: …").
+            ModelCorrupt: damaged file, or decoder keys/shapes that do not fit ("preview disabled: …").
+            UnsafeCheckpoint: a pickle that would run code.
         """
-        from engine.checkpoints import load_e4e_checkpoint
+        from engine.networks.e4e import load_e4e_checkpoint
 
         p = Path(path)
         if not p.is_file():

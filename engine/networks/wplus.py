@@ -9,8 +9,11 @@ exported UNet takes the scale as a runtime input.
 
 from __future__ import annotations
 
+import os
 import re
 from collections.abc import Mapping
+from dataclasses import dataclass
+from pathlib import Path
 from typing import Any
 
 import torch
@@ -18,6 +21,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from engine.errors import ModelCorrupt
+from engine.models.safe_load import LAYOUT_ADAPTER, LAYOUT_KEY, REDOWNLOAD_HINT, SAFETENSORS_SUFFIX
 
 NUM_TOKENS = 4
 CROSS_DIM = 768
@@ -25,6 +29,8 @@ WPLUS_LAYERS = 18
 WPLUS_DIM = 512
 # Layer ranges of W+ that each of the 4 tokens sees (official proj_index [4, 8, 12, 18]).
 TOKEN_LAYER_SPLITS = ((0, 4), (4, 8), (8, 12), (12, 18))
+_ADAPTER_KEY = re.compile(r"^(\d+)\.to_(q|k|v)_wplus\.weight$")
+_WPROJ_INPUTS = {"proj_0.weight": 2048, "proj_1.weight": 2048, "proj_2.weight": 2048, "proj_3.weight": 3072}
 
 
 class WProj(nn.Module):
@@ -301,8 +307,6 @@ def _check(
 
 def load_wplus_adapter(unet: Any, path: Any, scale: float = 1.0) -> WProj:
     """Install the W+ processors into `unet`, load `path` (official .bin or our .safetensors), return WProj."""
-    from engine.checkpoints import load_adapter_checkpoint
-
     ckpt = load_adapter_checkpoint(path)
     wproj = WProj(unet.config.cross_attention_dim)
     install_wplus_processors(unet, scale=scale)
@@ -310,6 +314,131 @@ def load_wplus_adapter(unet: Any, path: Any, scale: float = 1.0) -> WProj:
     apply_adapter_state(unet, wproj, ckpt.w_proj, ckpt.wplus_adapter, source=str(path))
     wproj.to(device=p.device, dtype=p.dtype).eval()
     return wproj
+
+
+# -- the adapter file -----------------------------------------------------------------------------
+
+
+@dataclass(frozen=True, eq=False)
+class AdapterCheckpoint:
+    """A W+ adapter checkpoint.
+
+    Attributes:
+        w_proj: WProjModel state (`proj_0..3.weight`, `norm.weight`, `norm.bias`).
+        wplus_adapter: processor weights keyed by the official index strings (`'1.to_k_wplus.weight'`, …),
+            index = position of the processor in `unet.attn_processors`.
+    """
+
+    w_proj: dict[str, torch.Tensor]
+    wplus_adapter: dict[str, torch.Tensor]
+
+    @property
+    def cross_attention_dim(self) -> int:
+        return int(self.w_proj["norm.weight"].shape[0])
+
+    @property
+    def processor_indices(self) -> tuple[int, ...]:
+        """Indices (in `unet.attn_processors` order) of the processors that carry weights."""
+        return tuple(sorted({int(k.split(".", 1)[0]) for k in self.wplus_adapter}))
+
+
+
+def sd15_adapter_layout(cross_attention_dim: int = 768) -> dict[str, tuple[int, ...]]:
+    """The official SD1.5 `wplus_adapter` layout (REFERENCE.md §3.4): index → to_k/to_v/to_q shapes."""
+    # hidden size of the 16 cross-attention processors in `unet.attn_processors` order
+    # (down 0,0,1,1,2,2; up 1×3, 2×3, 3×3; mid last)
+    hidden = (320, 320, 640, 640, 1280, 1280, 1280, 1280, 1280, 640, 640, 640, 320, 320, 320, 1280)
+    out: dict[str, tuple[int, ...]] = {}
+    for j, c in enumerate(hidden):
+        i = 2 * j + 1
+        out[f"{i}.to_k_wplus.weight"] = (c, cross_attention_dim)
+        out[f"{i}.to_v_wplus.weight"] = (c, cross_attention_dim)
+        out[f"{i}.to_q_wplus.weight"] = (c, c)
+    return out
+
+
+def wproj_layout(cross_attention_dim: int = 768) -> dict[str, tuple[int, ...]]:
+    """WProjModel's state layout (REFERENCE.md §3.1)."""
+    out: dict[str, tuple[int, ...]] = {k: (cross_attention_dim, n) for k, n in _WPROJ_INPUTS.items()}
+    out["norm.weight"] = (cross_attention_dim,)
+    out["norm.bias"] = (cross_attention_dim,)
+    return out
+
+
+def _check_adapter_structure(ckpt: AdapterCheckpoint, p: Path) -> None:
+    """Shape-consistency checks that hold for any UNet size (tiny test UNets included)."""
+    from engine.models.safe_load import check_layout, shape_of
+
+    norm = ckpt.w_proj.get("norm.weight")
+    cross = shape_of(norm)
+    if cross is None or len(cross) != 1:
+        raise ModelCorrupt(f"{p} does not have the W+ adapter layout: key 'w_proj.norm.weight' is missing.",
+                           REDOWNLOAD_HINT)
+    check_layout(ckpt.w_proj, wproj_layout(cross[0]), p, "W+ adapter (w_proj)")
+    if not ckpt.wplus_adapter:
+        raise ModelCorrupt(f"{p} does not have the W+ adapter layout: 'wplus_adapter' is empty.", REDOWNLOAD_HINT)
+    expected: dict[str, tuple[int, ...]] = {}
+    for key, value in ckpt.wplus_adapter.items():
+        m = _ADAPTER_KEY.match(key)
+        shape = shape_of(value)
+        if m is None or shape is None or len(shape) != 2:
+            raise ModelCorrupt(f"{p} does not have the W+ adapter layout: unexpected key 'wplus_adapter.{key}'.",
+                               REDOWNLOAD_HINT)
+        c = shape[0]
+        idx = m.group(1)
+        expected.setdefault(f"{idx}.to_k_wplus.weight", (c, cross[0]))
+        expected.setdefault(f"{idx}.to_v_wplus.weight", (c, cross[0]))
+        expected.setdefault(f"{idx}.to_q_wplus.weight", (c, c))
+    check_layout(ckpt.wplus_adapter, expected, p, "W+ adapter (wplus_adapter)")
+
+
+def load_adapter_checkpoint(
+    path: str | os.PathLike[str], expected_adapter: Mapping[str, tuple[int, ...]] | None = None
+) -> AdapterCheckpoint:
+    """Load and check a W+ adapter (official `wplus_adapter.bin` or our safetensors conversion).
+
+    Args:
+        path: the adapter file.
+        expected_adapter: optional exact `wplus_adapter` layout (e.g. `sd15_adapter_layout()`); without it
+            only the structure is checked (key names, 2-D weights, consistent to_q/to_k/to_v shapes), so
+            adapters for smaller test UNets load too. The UNet-side loader checks against the real UNet.
+
+    Returns:
+        The `w_proj` and `wplus_adapter` states (keys as in the official file's sub-dictionaries).
+
+    Raises:
+        ModelMissing, UnsafeCheckpoint: as `load_state`.
+        ModelCorrupt: damaged file, or not the adapter layout (message names the first offending key).
+    """
+    from engine.models.safe_load import as_tensor_dict, load_state_with_metadata, strip_prefix
+
+    p = Path(path)
+    obj, metadata = load_state_with_metadata(p)
+    if p.suffix.lower() == SAFETENSORS_SUFFIX:
+        if metadata.get(LAYOUT_KEY, LAYOUT_ADAPTER) != LAYOUT_ADAPTER:
+            raise ModelCorrupt(f"{p} is a converted '{metadata[LAYOUT_KEY]}' file, not a W+ adapter.")
+        others = [k for k in obj if not k.startswith(("w_proj.", "wplus_adapter."))]
+        if others:
+            raise ModelCorrupt(f"{p} does not have the W+ adapter layout: unexpected key '{others[0]}'.",
+                               REDOWNLOAD_HINT)
+        ckpt = AdapterCheckpoint(w_proj=strip_prefix(obj, "w_proj."), wplus_adapter=strip_prefix(obj, "wplus_adapter."))
+    else:
+        if "w_proj" not in obj or "wplus_adapter" not in obj:
+            raise ModelCorrupt(
+                f"{p} does not have the W+ adapter layout: the top-level keys 'w_proj' and 'wplus_adapter' "
+                f"are required, found {sorted(map(str, obj))[:6]}.",
+                "Use wplus_adapter.bin (stage 2) or wplus_adapter_stage1.bin.",
+            )
+        ckpt = AdapterCheckpoint(
+            w_proj=as_tensor_dict(obj["w_proj"], p, "w_proj"),
+            wplus_adapter=as_tensor_dict(obj["wplus_adapter"], p, "wplus_adapter"),
+        )
+    _check_adapter_structure(ckpt, p)
+    if expected_adapter is not None:
+        from engine.models.safe_load import check_layout
+
+        check_layout(ckpt.wplus_adapter, expected_adapter, p, "W+ adapter (wplus_adapter)")
+    return ckpt
 
 
 class WPlusUNet(nn.Module):

@@ -33,10 +33,9 @@ from engine.pipeline.cache import LRU, StepCache, StepKey, StepState
 if TYPE_CHECKING:
     import torch
 
-    from engine.config import EngineConfig
+    from engine.models.service import ModelService
     from engine.networks.sd15 import SD15Components
     from engine.networks.wplus import WProj
-    from engine.store import ModelStore
 
 log = logging.getLogger(__name__)
 
@@ -141,7 +140,7 @@ class WPlusPipeline:
             ModelMissing, ModelCorrupt, WrongModelFamily, UnsafeCheckpoint: from the loaders.
             BackendUnavailable: the device/dtype cannot be used.
         """
-        from engine.backends.torch_backend import resolve_device
+        from engine.devices import resolve_device
         from engine.networks.sd15 import file_fingerprint, load_sd15
         from engine.networks.wplus import load_wplus_adapter
 
@@ -155,8 +154,8 @@ class WPlusPipeline:
         )
 
     @classmethod
-    def from_config(cls, config: EngineConfig, store: ModelStore) -> WPlusPipeline:
-        """The pipeline for a configuration: SD1.5, adapter and optional VAE found through the manifest.
+    def from_service(cls, models: ModelService) -> WPlusPipeline:
+        """The pipeline of the service's configuration: SD1.5, adapter and optional VAE located by the service.
 
         SD1.5: `config.sd_model`, else the diffusers folder or single `.safetensors` in `models/sd15`.
         Adapter: `config.adapter`, else `wplus_adapter.safetensors` / `wplus_adapter.bin`. VAE:
@@ -166,14 +165,16 @@ class WPlusPipeline:
             ModelMissing: a required model is not in the models folder (the message says where).
             BackendUnavailable: a backend other than torch was requested.
         """
-        sd_path, adapter_path, vae_path = _locate_models(config)
+        config = models.config
+        sd_path, adapter_path = models.runtime_path("sd15"), models.runtime_path("adapter")
+        vae_path = models.find("vae")
         from engine.backends.select import open_runners
-        from engine.backends.torch_backend import FastPathOptions, resolve_device
+        from engine.backends.torch_backend import FastPathOptions
+        from engine.devices import resolve_device
         from engine.networks.sd15 import default_config_dir, file_fingerprint, load_tokenizer
 
+        # Not `models.get(...)` here: the session's own service entry already caches the whole pipeline.
         dev, dt = resolve_device(config.device, config.dtype)
-        # Not `store.get(...)` here: the session's own store entry already caches the whole pipeline.
-        del store
 
         def torch_pipeline() -> WPlusPipeline:
             return cls.from_files(sd_path, adapter_path, vae=vae_path, device=str(dev),
@@ -461,13 +462,3 @@ class WPlusPipeline:
                 progress(Progress("denoise", k * steps + i + 1, total, time.perf_counter() - t0,
                                   latent_preview(x0 if x0 is not None else latents)))
         return latents
-
-
-def _locate_models(config: EngineConfig) -> tuple[Path, Path, Path | None]:
-    """(SD1.5 path, adapter path, VAE path or None) for a configuration."""
-    from engine.manifest import find_model, runtime_path
-
-    sd_path = runtime_path(config, "sd15")
-    adapter_path = runtime_path(config, "adapter")
-    vae_path = find_model(config, "vae")
-    return sd_path, adapter_path, vae_path

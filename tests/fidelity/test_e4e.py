@@ -13,8 +13,8 @@ import numpy as np
 import pytest
 import torch
 
-from engine.checkpoints import convert_to_safetensors, load_e4e_checkpoint
-from engine.networks.e4e import E4EEncoder, e4e_layout, load_e4e
+from engine.models.convert import convert_to_safetensors
+from engine.networks.e4e import E4EEncoder, e4e_layout, load_e4e, load_e4e_checkpoint
 from engine.testing.official_files import write_official_e4e
 from engine.testing.wbn import rule_input
 

@@ -1,7 +1,7 @@
 """StyleGAN2-FFHQ-1024 preview against the official generator's fixtures (STYLEGAN2.md §6).
 
 The rule-wbn-1d decoder is written in the official e4e file layout and loaded through the product
-path (`StyleGANPreview.from_checkpoint` → `engine.checkpoints.load_e4e_checkpoint`). The full 1024²
+path (`StyleGANPreview.from_checkpoint` → `engine.networks.e4e.load_e4e_checkpoint`). The full 1024²
 forward (~3–4 s, ~2 GB) runs once per module.
 """
 

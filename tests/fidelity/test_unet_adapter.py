@@ -17,13 +17,13 @@ import torch
 from diffusers import UNet2DConditionModel
 from diffusers.models.attention_processor import Attention, AttnProcessor2_0
 
-from engine.checkpoints import load_adapter_checkpoint
 from engine.networks.wplus import (
     WPlusAttnProcessor,
     WPlusUNet,
     WProj,
     adapter_index_names,
     expected_adapter_shapes,
+    load_adapter_checkpoint,
     load_wplus_adapter,
     wplus_processors,
 )

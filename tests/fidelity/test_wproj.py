@@ -13,8 +13,7 @@ import numpy as np
 import pytest
 import torch
 
-from engine.checkpoints import load_adapter_checkpoint
-from engine.networks.wplus import WProj
+from engine.networks.wplus import WProj, load_adapter_checkpoint
 from engine.testing.official_files import write_official_adapter
 from engine.testing.wbn import rule_input
 

@@ -89,7 +89,7 @@ class FakeSession:
         self._note()
         self.model_checks.append(verify)
         if verify and progress is not None:
-            for mid, _role in REQUIRED:  # "hashes" each file in two chunks, like engine.manifest
+            for mid, _role in REQUIRED:  # "hashes" each file in two chunks, like engine.models.verify
                 for done in (50, 100):
                     if token is not None:
                         token.raise_if_cancelled()

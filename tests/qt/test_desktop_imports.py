@@ -23,7 +23,7 @@ def test_main_window_and_app_do_not_import_torch():
 
 
 def test_coalesce_is_pure_python():
-    out = subprocess.run([sys.executable, "-c", "import sys, desktop.coalesce; print('PySide6' in sys.modules)"],
+    out = subprocess.run([sys.executable, "-c", "import sys, engine.coalesce; print('PySide6' in sys.modules)"],
                          cwd=REPO, capture_output=True, text=True, timeout=60)
     assert out.stdout.strip() == "False", out.stderr
 

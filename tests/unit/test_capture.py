@@ -10,7 +10,7 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from engine.capture.base import EventKind, LatestSlot
+from engine.capture.base import EventKind
 from engine.capture.files import StillImageSource, VideoFileSource
 from engine.capture.webcam import WebcamSource, list_cameras
 
@@ -74,18 +74,6 @@ def _wait_for(pred, timeout: float = 5.0) -> bool:
 
 def _kinds(events):
     return [e.kind for e in events]
-
-
-def test_latest_slot_keeps_only_the_newest():
-    slot: LatestSlot[int] = LatestSlot()
-    assert slot.get(0, timeout=0.01) == (0, None)
-    for v in range(5):
-        slot.put(v)
-    assert slot.get(0, timeout=0) == (5, 4)
-    assert slot.get(5, timeout=0.01) == (5, None)  # nothing newer than what was seen
-    t = threading.Timer(0.05, lambda: slot.put(99))
-    t.start()
-    assert slot.get(5, timeout=2) == (6, 99)
 
 
 def test_webcam_delivers_rgb_frames_newest_only():

@@ -1,4 +1,5 @@
-"""Safe loading, layout checks and safetensors conversion (engine.checkpoints)."""
+"""Safe loading, layout checks and safetensors conversion (engine.models.safe_load / convert) and the
+e4e / W+ adapter checkpoint loaders beside their networks."""
 
 from __future__ import annotations
 
@@ -9,17 +10,11 @@ import pytest
 import torch
 from safetensors import safe_open
 
-from engine.checkpoints import (
-    check_layout,
-    convert_to_safetensors,
-    load_adapter_checkpoint,
-    load_e4e_checkpoint,
-    load_state,
-    load_tensor_file,
-    sd15_adapter_layout,
-)
 from engine.errors import ModelCorrupt, ModelMissing, UnsafeCheckpoint
-from engine.networks.e4e import e4e_layout
+from engine.models.convert import convert_to_safetensors
+from engine.models.safe_load import check_layout, load_state, load_tensor_file
+from engine.networks.e4e import e4e_layout, load_e4e_checkpoint
+from engine.networks.wplus import load_adapter_checkpoint, sd15_adapter_layout
 
 
 class _Payload:

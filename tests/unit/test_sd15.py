@@ -10,7 +10,8 @@ import torch
 from safetensors.torch import save_file
 
 from engine.errors import ModelCorrupt, ModelMissing, WrongModelFamily
-from engine.networks.sd15 import default_config_dir, detect_family, load_sd15, read_safetensors_header
+from engine.models.safe_load import read_safetensors_header
+from engine.networks.sd15 import default_config_dir, detect_family, load_sd15
 from engine.testing.tiny import write_ldm_single_file
 
 pytestmark = pytest.mark.usefixtures("one_torch_thread")
@@ -81,7 +82,7 @@ def test_diffusers_folder_loads_offline(tiny):
 
 
 def test_single_file_ldm_layout_equals_folder(tiny, single_file):
-    header = read_safetensors_header(single_file)
+    header = read_safetensors_header(single_file).tensors
     assert any(k.startswith("model.diffusion_model.input_blocks.") for k in header)
     assert any(k.startswith("cond_stage_model.transformer.text_model.") for k in header)
     assert any(k.startswith("first_stage_model.decoder.up.") for k in header)

@@ -196,12 +196,26 @@ def test_checkpoint_without_decoder_keys_disables_the_preview(no_decoder_file, t
     assert info.value.hint
 
 
-def test_from_config_default_name_and_missing_file(small_file, tmp_path):
-    preview = StyleGANPreview.from_config(EngineConfig(models_dir=small_file.parent, device="cpu"))
+def test_the_service_finds_the_default_name_converts_it_and_reports_a_missing_file(small_file, tmp_path):
+    from engine.models.service import ModelService
+
+    models = tmp_path / "models"
+    models.mkdir()
+    (models / "e4e_ffhq_encode.pt").write_bytes(small_file.read_bytes())
+    service = ModelService(EngineConfig(models_dir=models, device="cpu"))
+    preview = service.load("stylegan_preview")
     assert preview.generator.shape == SMALL
-    with pytest.raises(ModelMissing, match="preview disabled"):
-        StyleGANPreview.from_config(EngineConfig(models_dir=tmp_path, device="cpu"))
-    via_e4e = StyleGANPreview.from_config(EngineConfig(models_dir=tmp_path, e4e=str(small_file), device="cpu"))
+    assert (models / "e4e_ffhq_encode.safetensors").is_file()  # converted once: later loads read no pickle
+    assert service.load("stylegan_preview") is preview  # cached per (component, file, backend, device, dtype)
+    with pytest.raises(ModelMissing, match=r"e4e face encoder is missing \(expected at .*e4e_ffhq_encode\.pt\)"):
+        ModelService(EngineConfig(models_dir=tmp_path / "empty", device="cpu")).load("stylegan_preview")
+    # a pickle the user named, with no writable models folder: converted into the cache dir, once
+    given = ModelService(EngineConfig(models_dir=tmp_path / "empty", e4e=str(small_file), device="cpu",
+                                      cache_dir=tmp_path / "cache"))
+    via_e4e = given.load("stylegan_preview")
+    [converted] = (tmp_path / "cache").rglob("*.safetensors")
+    assert converted.name == "e4e_ffhq_encode.safetensors"
+    assert not (tmp_path / "empty").exists()
     assert np.array_equal(via_e4e.render(W, 256), preview.render(W, 256))
 
 

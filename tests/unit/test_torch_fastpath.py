@@ -69,15 +69,15 @@ def test_flags_on_cpu_leave_every_output_bit_identical(tiny):
 
 
 def test_engine_config_reaches_the_runners(tiny):
+    from engine.models.service import ModelService
     from engine.pipeline.generate import WPlusPipeline
-    from engine.store import ModelStore
     from engine.testing.tiny import tiny_config
 
     base = tiny_config(tiny)
     assert FastPathOptions.from_config(base) == FastPathOptions()
     cfg = EngineConfig(**{**base.__dict__, "cuda_graph": True, "compile": True, "compile_mode": "default",
                           "channels_last": False})
-    pipe = WPlusPipeline.from_config(cfg, ModelStore())
+    pipe = WPlusPipeline.from_service(ModelService(cfg))
     assert pipe.runners.fast == FastPathOptions(channels_last=False, compile=True, compile_mode="default",
                                                 cuda_graph=True)
     # Nothing is compiled until the first call; this test does not call it (inductor on CPU is slow).

@@ -4,7 +4,7 @@ Files are recognised by their official names (and the aliases of the manifest), 
 (SD1.5 with model_index.json, the VAE by its folder name), or — when renamed — by sha256: the manifest's
 published hash, or a hash recorded earlier (in the target's or the source's .wplus-hashes.json). Each
 file is verified while it is copied; pickled checkpoints are then converted once to safetensors with
-`engine.checkpoints.convert_to_safetensors` (weights_only load).
+`engine.models.convert.convert_to_safetensors` (weights_only load).
 """
 
 from __future__ import annotations
@@ -26,18 +26,10 @@ from typing import IO, Any
 from engine.api import ModelStatus, Progress
 from engine.config import EngineConfig
 from engine.errors import EngineError, ModelCorrupt, UnsafeCheckpoint
-from engine.manifest import (
-    HASHES_FILE,
-    QUARANTINE_DIR,
-    HashCache,
-    Manifest,
-    ModelEntry,
-    check_models,
-    convert_checkpoint,
-    load_manifest,
-    structure_problem,
-)
-from engine.models_fetch import quarantine
+from engine.models.convert import convert_to_safetensors
+from engine.models.folder import QUARANTINE_DIR, quarantine
+from engine.models.manifest import Manifest, ModelEntry, load_manifest
+from engine.models.verify import HASHES_FILE, HashCache, check_models, structure_problem
 
 log = logging.getLogger(__name__)
 
@@ -500,7 +492,7 @@ def _convert_imported(
         if progress is not None:
             progress(Progress(f"converting {f.dest.name} to safetensors", n, len(todo)))
         try:
-            convert_checkpoint(f.dest, dst)
+            convert_to_safetensors(f.dest, dst)
         except UnsafeCheckpoint as exc:
             # It can never be loaded (weights_only refuses it) and would run code under a careless
             # loader: keep it out of the models folder.

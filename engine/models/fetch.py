@@ -9,7 +9,6 @@ caller gets a DownloadFailed error and nothing under the final name.
 
 from __future__ import annotations
 
-import contextlib
 import http.client
 import logging
 import os
@@ -25,7 +24,9 @@ from typing import Any
 
 from engine.api import Progress
 from engine.errors import EngineError, ModelCorrupt
-from engine.manifest import QUARANTINE_DIR, DownloadFile, HashCache, ModelEntry, sha256_file
+from engine.models.folder import quarantine
+from engine.models.manifest import DownloadFile, ModelEntry
+from engine.models.verify import HashCache, sha256_file
 
 log = logging.getLogger(__name__)
 
@@ -91,24 +92,6 @@ def fetch(
         ]
     finally:
         cache.save()
-
-
-def quarantine(path: Path, models_dir: Path, reason: str) -> Path:
-    """Move a bad file to `<models>/.quarantine/` (never deleted: the user may want to inspect it)."""
-    qdir = models_dir / QUARANTINE_DIR
-    qdir.mkdir(parents=True, exist_ok=True)
-    stamp = time.strftime("%Y%m%d-%H%M%S")
-    name = Path(path).name.removesuffix(".part")
-    target = qdir / f"{name}.{stamp}"
-    n = 1
-    while target.exists():
-        n += 1
-        target = qdir / f"{name}.{stamp}-{n}"
-    os.replace(path, target)
-    with contextlib.suppress(OSError):
-        (qdir / f"{target.name}.txt").write_text(reason + "\n", "utf-8")
-    log.warning("quarantined %s: %s", target, reason)
-    return target
 
 
 def _network_message(exc: BaseException, url: str) -> DownloadFailed:

@@ -1,7 +1,9 @@
-"""Latest-wins hand-over between threads (pure Python, no Qt).
+"""Latest-wins hand-over between threads (pure Python: no Qt, no torch; the desktop imports it too).
 
 A `LatestSlot` holds at most one item: a newer `put` overwrites the older item, so a producer that is
-faster than its consumer (slider moves, camera frames) never builds a queue. A `Mailbox` groups several
+faster than its consumer (slider moves, camera frames) never builds a queue. A consumer either takes the
+item (`take`: the GUI's request slots) or reads the newest one without removing it (`get`: the capture
+sources, where several readers may look at the same frame). A `Mailbox` groups several
 named slots and one small FIFO of commands behind a single condition, so one worker thread can wait
 on all of them at once and take them in priority order. `close()` wakes the consumer with `CLOSED`.
 """
@@ -31,7 +33,8 @@ CLOSED: Any = _Closed()
 class LatestSlot(Generic[T]):
     """A capacity-1 hand-over: `put` replaces any item not yet taken.
 
-    Thread-safe. `dropped` counts the items overwritten before anyone took them.
+    Thread-safe. `dropped` counts the items overwritten before anyone took them; `put_count` numbers the
+    puts, so a reader that does not take can wait for something newer than what it saw (`get`).
     """
 
     def __init__(self) -> None:
@@ -72,6 +75,17 @@ class LatestSlot(Generic[T]):
                 item, self._item, self._has = self._item, None, False
                 return item
             return CLOSED
+
+    def get(self, newer_than: int = 0, timeout: float | None = None) -> tuple[int, T | None]:
+        """(put number, item) once more than `newer_than` items were put, without removing the item.
+
+        Returns:
+            (current put number, None) on timeout, or when the newest item was taken meanwhile.
+        """
+        with self._cond:
+            if not self._cond.wait_for(lambda: self.put_count > newer_than, timeout=timeout):
+                return self.put_count, None
+            return self.put_count, self._item if self._has else None
 
     def take_nowait(self) -> T | None:
         with self._cond:

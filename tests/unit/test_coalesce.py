@@ -1,4 +1,4 @@
-"""desktop.coalesce alone: pure Python, no Qt."""
+"""engine.coalesce alone: the one latest-wins slot and the mailbox (pure Python, no Qt)."""
 
 from __future__ import annotations
 
@@ -6,7 +6,22 @@ import threading
 
 import pytest
 
-from desktop.coalesce import CLOSED, Delivery, LatestSlot, Mailbox
+from engine.coalesce import CLOSED, Delivery, LatestSlot, Mailbox
+
+
+def test_get_reads_the_newest_without_taking_it():
+    slot: LatestSlot[int] = LatestSlot()
+    assert slot.get(0, timeout=0.01) == (0, None)
+    for v in range(5):
+        slot.put(v)
+    assert slot.get(0, timeout=0) == (5, 4)
+    assert slot.get(0, timeout=0) == (5, 4)  # still there: get does not take
+    assert slot.get(5, timeout=0.01) == (5, None)  # nothing newer than what was seen
+    t = threading.Timer(0.05, lambda: slot.put(99))
+    t.start()
+    assert slot.get(5, timeout=2) == (6, 99)
+    assert slot.take(timeout=0) == 99
+    assert slot.get(5, timeout=0) == (6, None)  # taken meanwhile
 
 
 def test_latest_slot_keeps_only_the_newest():
@@ -94,22 +109,3 @@ def test_mailbox_take_nowait_filters_channels_and_close_is_a_sentinel():
     assert box.take() is CLOSED
     with pytest.raises(RuntimeError):
         box.send("late")
-
-
-def test_installed_qt_binding_keeps_the_refcount_of_true_balanced(qapp):
-    """PySide6 6.12.0 + CPython 3.11 drop a reference to True per `emit()` (pinned below 6.12)."""
-    import sys
-
-    from PySide6.QtCore import QObject, Signal
-
-    class Emitter(QObject):
-        ping = Signal(int)
-
-    e = Emitter()
-    got: list[int] = []
-    e.ping.connect(got.append)
-    before = sys.getrefcount(True)
-    for i in range(3000):
-        e.ping.emit(i)
-    assert len(got) == 3000
-    assert sys.getrefcount(True) >= before - 5  # the broken binding: before - 3000
