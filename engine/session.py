@@ -98,10 +98,9 @@ class Session:
         return self.models.get(("pipeline",), lambda: WPlusPipeline.from_service(self.models))
 
     def render(self, request: GenerateRequest, token: Any = None, progress: ProgressFn = None) -> Result:
+        edited: np.ndarray | None = request.wplus
         if request.wplus is not None and not request.edits.is_identity:
             edited = self.apply_edits(request.wplus, request.edits)
-        else:
-            edited = request.wplus
         return self._pipeline().render(request, edited_wplus=edited, token=token, progress=progress)
 
     # -- StyleGAN2 preview ----------------------------------------------------------------------

@@ -35,7 +35,7 @@ def import_dlib():
         ModelMissing: dlib is not installed.
     """
     try:
-        import dlib
+        import dlib  # type: ignore[import-untyped]
     except ImportError as exc:  # pragma: no cover - dlib-bin is a hard dependency
         raise ModelMissing("dlib is not installed.", "Install dlib-bin (pip install dlib-bin).") from exc
     return dlib

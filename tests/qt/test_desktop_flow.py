@@ -244,7 +244,9 @@ def test_identities_persist_rename_delete_undo_and_mix(qtbot, make_app, tmp_path
     assert app.library.get(b.identity.id) is not None
     assert b.folder.exists()
     mixed = app.studio.mix(a.identity.id, b.identity.id, 0.25)
-    np.testing.assert_allclose(mixed.identity.wplus, 0.75 * a.identity.wplus + 0.25 * b.identity.wplus, rtol=1e-6)
+    # the engine's one W+ mix: float64 arithmetic, one cast to float32 (as the official edits)
+    w64 = 0.75 * a.identity.wplus.astype(np.float64) + 0.25 * b.identity.wplus.astype(np.float64)
+    np.testing.assert_array_equal(mixed.identity.wplus, w64.astype(np.float32))
     # a second library instance reads everything back
     from desktop.viewmodel.identities import IdentityLibrary
 
