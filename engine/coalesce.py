@@ -94,10 +94,6 @@ class LatestSlot(Generic[T]):
             item, self._item, self._has = self._item, None, False
             return item
 
-    def peek(self) -> T | None:
-        with self._cond:
-            return self._item if self._has else None
-
     def clear(self) -> T | None:
         """Drop the pending item, if any, and return it."""
         return self.take_nowait()

@@ -181,11 +181,7 @@ class ModelService:
                 self._items[key] = make()
             return self._items[key]
 
-    def drop(self, predicate: Callable[[Hashable], bool] = lambda _k: True) -> None:
-        """Forget the cached values whose key passes `predicate` (default: all)."""
+    def drop(self) -> None:
+        """Forget every cached component (the session closes; memory goes back)."""
         with self._lock:
-            for k in [k for k in self._items if predicate(k)]:
-                del self._items[k]
-
-    def __contains__(self, key: Hashable) -> bool:
-        return key in self._items
+            self._items.clear()
