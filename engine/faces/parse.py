@@ -23,17 +23,6 @@ class FaceParser:
     def __init__(self, net) -> None:
         self.net = net
 
-    @classmethod
-    def load(cls, path, device: str = "cpu") -> FaceParser:
-        """Load `parse_multi_iter_90000.pth` (or .safetensors) through the safe loader.
-
-        Raises:
-            ModelMissing, ModelCorrupt, UnsafeCheckpoint: see engine.networks.parsenet.load_parsenet.
-        """
-        from engine.networks.parsenet import load_parsenet
-
-        return cls(load_parsenet(path, device=device))
-
     def labels(self, aligned: np.ndarray) -> np.ndarray:
         """Per-pixel CelebAMask-HQ labels (512×512 int64) of an aligned 512² RGB uint8 face."""
         import torch
