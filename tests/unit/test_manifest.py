@@ -158,13 +158,13 @@ def test_models_dir_rules_in_order(tmp_path, monkeypatch):
     (app / "models").mkdir(parents=True)
     monkeypatch.setattr(sys, "frozen", True, raising=False)
     monkeypatch.setattr(sys, "executable", str(app / "wplus-studio"))
-    p, why = resolve_models_dir(None, None, environ={})
+    p, why = resolve_models_dir(None, None, environ={}, cwd=tmp_path)
     assert p == app / "models"
     assert "beside the application" in why
 
     (app / "models").rmdir()
     monkeypatch.setenv("XDG_DATA_HOME", str(tmp_path / "xdg"))
-    p, why = resolve_models_dir(None, None, environ={})
+    p, why = resolve_models_dir(None, None, environ={}, cwd=tmp_path)
     assert p == tmp_path / "xdg" / "WPlusStudio" / "models"
     assert "user data folder" in why
     assert not p.exists()  # resolving creates nothing
