@@ -107,16 +107,8 @@ class ComponentLoader:
             module = self._sd15().vae
             vae = self._optional_path("vae")
             weights = (self._weights("vae", vae) if vae is not None else self._weights("sd15", self._path("sd15")),)
-        elif component == "face_encoder":
-            from engine.networks.e4e import load_e4e
-
-            path = self._path("e4e")
-            module = load_e4e(path, dtype=self.dtype)
-            weights = (self._weights("e4e", path),)
         else:
-            from engine.networks.parsenet import load_parsenet
-
-            path = self._path("parser")
-            module = load_parsenet(path, dtype=self.dtype)
-            weights = (self._weights("parser", path),)
+            role = "e4e" if component == "face_encoder" else "parser"
+            module = self.models.load(role, device="cpu", dtype=str(self.dtype).removeprefix("torch."))
+            weights = (self._weights(role, self._path(role)),)
         return Source(component, module, weights)
