@@ -104,7 +104,7 @@ class Session:
 
     # -- StyleGAN2 preview ----------------------------------------------------------------------
     def _stylegan(self):
-        from engine.networks.stylegan2 import StyleGANPreview
+        from engine.pipeline.face_preview import StyleGANPreview
 
         return self.store.get(("stylegan",), lambda: StyleGANPreview.from_config(self.config))
 

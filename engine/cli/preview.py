@@ -82,7 +82,7 @@ def encode_image(rgb: np.ndarray, path: str | Path) -> bytes:
 def run(args: argparse.Namespace) -> int:
     from engine.cli.common import config_from_args
     from engine.fileio import atomic_write_bytes
-    from engine.networks.stylegan2 import StyleGANPreview
+    from engine.pipeline.face_preview import StyleGANPreview
 
     wplus = load_wplus_file(args.wplus)
     encode_image(np.zeros((1, 1, 3), np.uint8), args.output)  # refuse a bad suffix before the slow part
