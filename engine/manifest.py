@@ -614,18 +614,13 @@ def runtime_path(
 
 
 def convert_checkpoint(src: Path, dst: Path) -> Path:
-    """Convert a pickled checkpoint to safetensors with engineer A's converter (weights_only load).
+    """Convert a pickled checkpoint to safetensors with `engine.checkpoints` (weights_only load).
 
     Raises:
-        EngineError: the converter is not available in this build, or conversion failed.
+        EngineError: the conversion failed.
     """
-    try:
-        from engine.checkpoints import convert_to_safetensors
-    except ImportError as exc:
-        raise EngineError(
-            f"Cannot convert {src.name} to safetensors: the converter (engine.checkpoints) is not available.",
-            "Use a build of W+ Studio that includes it.",
-        ) from exc
+    from engine.checkpoints import convert_to_safetensors
+
     result = convert_to_safetensors(src, dst)
     return Path(result) if result is not None else dst
 

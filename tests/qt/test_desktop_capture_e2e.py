@@ -16,7 +16,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-tiny = pytest.importorskip("engine.testing.tiny")
+from engine.testing import tiny
 
 
 def _astronaut_spec() -> str:

@@ -350,8 +350,7 @@ def test_find_model_prefers_converted_copy_and_config_overrides(tmp_path):
 
 
 def test_runtime_path_converts_a_pickle_once(tmp_path):
-    torch = pytest.importorskip("torch")
-    pytest.importorskip("engine.checkpoints")
+    import torch
     man = load_manifest(small_manifest(tmp_path))
     models = tmp_path / "models"
     models.mkdir()

@@ -133,8 +133,7 @@ def test_import_folder_and_errors(tmp_path, capsys):
 
 
 def test_convert(tmp_path, capsys):
-    torch = pytest.importorskip("torch")
-    pytest.importorskip("engine.checkpoints")
+    import torch
     src = tmp_path / "parse_multi_iter_90000.pth"
     torch.save({"w": torch.arange(6.0)}, src)
     assert main(["models", "convert", str(src), "-o", str(tmp_path / "out.safetensors")]) == 0
