@@ -2,12 +2,15 @@
 
 from __future__ import annotations
 
+import logging
 import tempfile
 from pathlib import Path
 
 import torch
 
 from engine.networks.stylegan2.modules import PreviewModule
+
+log = logging.getLogger(__name__)
 
 
 def export_preview_onnx(
@@ -57,7 +60,7 @@ def _export(module: PreviewModule, example: torch.Tensor, target: Path, opset: i
                     output_names=["image"],
                     dynamic_shapes={"wplus": {0: torch.export.Dim("B", min=1, max=64)}},
                     external_data=False,
-                    verbose=False,
+                    verbose=log.isEnabledFor(logging.DEBUG),  # its "[torch.onnx] …" prints: --debug only
                 )
             else:
                 torch.onnx.export(

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import os
 import socket
+from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
@@ -37,6 +38,21 @@ def _no_network(monkeypatch, request):
         raise RuntimeError(f"network access attempted in a test: {address!r}")
 
     monkeypatch.setattr(socket.socket, "connect", guarded)
+
+
+@pytest.fixture(scope="session", autouse=True)
+def _log_dir(tmp_path_factory) -> Iterator[Path]:
+    """CLIs run in-process log to a temporary folder, never into the user's log folder."""
+    from engine.logs import LOG_DIR_ENV
+
+    folder = tmp_path_factory.mktemp("logs")
+    before = os.environ.get(LOG_DIR_ENV)
+    os.environ[LOG_DIR_ENV] = str(folder)
+    yield folder
+    if before is None:
+        os.environ.pop(LOG_DIR_ENV, None)
+    else:
+        os.environ[LOG_DIR_ENV] = before
 
 
 @pytest.fixture(scope="session")
