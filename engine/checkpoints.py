@@ -550,7 +550,7 @@ def _write_safetensors(fh: BinaryIO, tensors: Mapping[str, torch.Tensor], metada
     for k in order:
         t = tensors[k].detach().to("cpu").contiguous().reshape(-1)
         if t.numel():
-            fh.write(memoryview(t.view(torch.uint8).numpy()))
+            fh.write(t.view(torch.uint8).numpy().data)
 
 
 def _flatten_for_safetensors(obj: Mapping[str, Any], src: Path) -> tuple[dict[str, torch.Tensor], dict[str, str]]:

@@ -62,8 +62,7 @@ def load_image(source: str | os.PathLike[str] | bytes, *, max_pixels: int = MAX_
                 if w == 0 or h == 0:
                     raise ImageUnreadable(f"{name} has no pixels ({w}×{h}).", _SAVE_HINT)
                 im.load()
-                im = ImageOps.exif_transpose(im)
-                return _to_rgb(im, name)
+                return _to_rgb(ImageOps.exif_transpose(im), name)
     except ImageUnreadable:
         raise
     except Image.DecompressionBombError as exc:

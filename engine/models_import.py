@@ -10,7 +10,6 @@ file is verified while it is copied; pickled checkpoints are then converted once
 from __future__ import annotations
 
 import contextlib
-import functools
 import hashlib
 import json
 import logging
@@ -103,6 +102,14 @@ class _Item:
         return self.rel.name
 
 
+def _file_opener(path: Path) -> Callable[[], IO[bytes]]:
+    return lambda: path.open("rb")
+
+
+def _zip_opener(zf: zipfile.ZipFile, info: zipfile.ZipInfo) -> Callable[[], IO[bytes]]:
+    return lambda: zf.open(info)
+
+
 class _Source:
     def __init__(self, root: Path, models_dir: Path) -> None:
         self.root = root
@@ -133,7 +140,7 @@ class _Source:
                 if fn == HASHES_FILE:
                     self._read_records(p.read_bytes(), rel.parent)
                     continue
-                self.items.append(_Item(rel, p.stat().st_size, str(p), functools.partial(p.open, "rb"), p))
+                self.items.append(_Item(rel, p.stat().st_size, str(p), _file_opener(p), p))
 
     def _scan_zip(self, root: Path) -> None:
         try:
@@ -152,10 +159,7 @@ class _Source:
             if rel.name == HASHES_FILE:
                 self._read_records(self.zip.read(info), rel.parent)
                 continue
-            zf = self.zip
-            self.items.append(
-                _Item(rel, info.file_size, f"{root.name}:{info.filename}", lambda zf=zf, info=info: zf.open(info))
-            )
+            self.items.append(_Item(rel, info.file_size, f"{root.name}:{info.filename}", _zip_opener(self.zip, info)))
 
     def _read_records(self, raw: bytes, base: PurePosixPath) -> None:
         try:

@@ -96,6 +96,7 @@ class Session:
         return self.store.get(("pipeline",), lambda: WPlusPipeline.from_config(self.config, self.store))
 
     def render(self, request: GenerateRequest, token: Any = None, progress: ProgressFn = None) -> Result:
+        edited: np.ndarray | None
         if request.wplus is not None and not request.edits.is_identity:
             edited = self.apply_edits(request.wplus, request.edits)
         else:

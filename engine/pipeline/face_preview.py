@@ -35,7 +35,7 @@ DEFAULT_E4E_NAMES = ("e4e_ffhq_encode.safetensors", "e4e_ffhq_encode.pt")
 
 def to_uint8(image: np.ndarray) -> np.ndarray:
     """Official `tensor2pil` conversion of one C×H×W float image: clip, (x+1)/2·255, truncate → H×W×3 uint8."""
-    arr = np.asarray(image, dtype=np.float32).transpose(1, 2, 0).copy()
+    arr: np.ndarray = np.asarray(image, dtype=np.float32).transpose(1, 2, 0).copy()
     np.clip(arr, -1.0, 1.0, out=arr)
     arr = (arr + 1) / 2
     arr = arr * 255
@@ -212,7 +212,7 @@ class StyleGANPreview:
                 # rows never decrease along the stages: everything before the first reader of a
                 # changed row saw identical inputs
                 start = next((i for i, (row, _) in enumerate(stages) if row >= first_row), len(stages))
-            states = cache.states[:start] if start else []
+            states = cache.states[:start] if start and cache is not None else []
             x, skip = states[-1] if states else (None, None)
             wt = torch.from_numpy(w).to(device=self.device, dtype=self.dtype)
             for _row, step in stages[start:]:
@@ -220,6 +220,7 @@ class StyleGANPreview:
                 if keep:
                     states.append((x, skip))
             self._cache = _StageCache(resolution, w.copy(), states) if keep else None
+            assert skip is not None  # every level ends with its to_rgb
             return skip[0].to(device="cpu", dtype=torch.float32).numpy()
 
     def render(self, wplus: np.ndarray, size: int = 256, *, full: bool = False) -> np.ndarray:

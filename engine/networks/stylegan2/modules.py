@@ -94,6 +94,8 @@ class EqualLinear(nn.Module):
 class Blur(nn.Module):
     """Holds the FIR kernel buffer (`…blur.kernel`) and applies `upfirdn2d(pad=(p0, p1))`."""
 
+    kernel: torch.Tensor
+
     def __init__(self, pad: tuple[int, int]) -> None:
         super().__init__()
         self.register_buffer("kernel", torch.from_numpy(fir_kernel()).float())
@@ -105,6 +107,8 @@ class Blur(nn.Module):
 
 class Upsample(nn.Module):
     """2× FIR upsampling of the RGB skip (`…upsample.kernel`): zero border, not bilinear."""
+
+    kernel: torch.Tensor
 
     def __init__(self) -> None:
         super().__init__()
@@ -204,7 +208,7 @@ class StyledConv(nn.Module):
         # (~25 % of the CPU time at 256²): leaky_relu(v)·√2 = leaky_relu(v·√2) since √2 > 0.
         g = LRELU_GAIN
         out = torch.addcmul(
-            (self.noise.weight * g) * noise, y, (d * g)[:, :, None, None] if d is not None else g
+            (self.noise.weight * g) * noise, y, (d * g)[:, :, None, None] if d is not None else y.new_tensor(g)
         )
         out.add_((self.activate.bias * g).reshape(1, -1, 1, 1))
         return F.leaky_relu_(out, 0.2)
@@ -331,6 +335,7 @@ class StyleGAN2Generator(nn.Module):
         x = skip = None
         for _row, step in self.stages(resolution or self.shape.size):
             x, skip = step(x, skip, wplus)
+        assert skip is not None  # every level ends with its to_rgb
         return skip
 
     def forward(self, wplus: torch.Tensor) -> torch.Tensor:
