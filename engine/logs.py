@@ -166,6 +166,9 @@ class _RoutingLoader(importlib.abc.Loader):
         self.loader = loader
         self.debug = debug
 
+    def __getattr__(self, name: str) -> object:  # get_source, get_resource_reader, …: the real loader's
+        return getattr(self.loader, name)
+
     def create_module(self, spec: importlib.machinery.ModuleSpec) -> ModuleType | None:
         return self.loader.create_module(spec)
 
