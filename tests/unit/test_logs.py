@@ -88,3 +88,16 @@ def test_a_second_setup_replaces_the_handlers(tmp_path, restore_root_logging):
     kinds = [type(h).__name__ for h in logging.getLogger().handlers]
     assert kinds.count("_Console") == 1
     assert kinds.count("_LogFile") == 1
+
+
+def test_wplus_export_logs_to_its_own_file_and_keeps_libraries_off_the_console(
+    tmp_path, capsys, monkeypatch, restore_root_logging
+):
+    from export.cli import main
+
+    monkeypatch.setenv("WPLUS_LOG_DIR", str(tmp_path / "logs"))
+    assert main(["check", "--onnx-dir", str(tmp_path / "empty")]) == 0
+    capsys.readouterr()
+    logging.getLogger("onnxscript.optimizer").warning("an exporter hint")
+    assert "an exporter hint" not in capsys.readouterr().err
+    assert "an exporter hint" in (tmp_path / "logs" / "wplus-export.log").read_text()
