@@ -36,7 +36,7 @@ def main() -> None:
     import numpy as np
     import torch
 
-    from engine.networks.stylegan2 import StyleGANPreview, to_uint8
+    from engine.pipeline.face_preview import StyleGANPreview, to_uint8
     from engine.testing.stylegan2 import rule_decoder_state, rule_wplus
 
     torch.set_num_threads(args.threads)

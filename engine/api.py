@@ -211,9 +211,9 @@ class GenerateRequest:
             raise InvalidInput(f"the number of variations must be between 1 and 64, got {self.n}.")
         if not (0 <= self.seed < 2**63):
             raise InvalidInput(f"seed must be a non-negative 63-bit integer, got {self.seed}.")
-        for name, v in (("guidance", self.guidance), ("scale", self.scale), ("start_ratio", self.start_ratio)):
-            if not math.isfinite(v):
-                raise InvalidInput(f"{name} must be a finite number, got {v}.")
+        for name, f in (("guidance", self.guidance), ("scale", self.scale), ("start_ratio", self.start_ratio)):
+            if not math.isfinite(f):
+                raise InvalidInput(f"{name} must be a finite number, got {f}.")
         if not (0.0 <= self.start_ratio <= 100.0):
             raise InvalidInput(f"start_ratio is a percentage (0–100), got {self.start_ratio}.")
 

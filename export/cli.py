@@ -158,7 +158,7 @@ def cmd_trt(args: argparse.Namespace) -> int:
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="wplus-export", description="Export W+ Studio components to ONNX and "
                                      "TensorRT, and check exports against the PyTorch models.")
-    parser.add_argument("--debug", action="store_true", help="show tracebacks and exporter logs")
+    parser.add_argument("--debug", action="store_true", help="show tracebacks, exporter and library logs (always in the log file)")
     sub = parser.add_subparsers(dest="command", metavar="COMMAND")
 
     def models_args(p: argparse.ArgumentParser) -> None:

@@ -126,6 +126,7 @@ def export_onnx(
             dynamic_shapes=dynamic or None,
             optimize=True,
             verify=False,
+            verbose=log.isEnabledFor(logging.DEBUG),  # its "[torch.onnx] …" lines are prints: --debug only
         )
     except Exception as exc:  # the exporter raises many internal types; report them as one failure
         raise ExportFailed(

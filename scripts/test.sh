@@ -6,6 +6,7 @@ bash scripts/setup.sh
 export HF_HUB_OFFLINE=1 TRANSFORMERS_OFFLINE=1 QT_QPA_PLATFORM=offscreen
 .venv/bin/ruff check engine desktop export tests bench
 .venv/bin/lint-imports
+.venv/bin/mypy  # files and settings: [tool.mypy] in pyproject.toml
 set +e
 .venv/bin/python -m pytest -q -p no:cacheprovider "$@"
 rc=$?

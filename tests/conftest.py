@@ -1,9 +1,10 @@
-"""Suite-wide fixtures: offline guarantee, shared fixture paths, deterministic threads."""
+"""Suite-wide fixtures: offline guarantee, the official fixtures, deterministic threads."""
 
 from __future__ import annotations
 
 import os
 import socket
+from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
@@ -13,8 +14,8 @@ os.environ.setdefault("TRANSFORMERS_OFFLINE", "1")
 os.environ.setdefault("QT_QPA_PLATFORM", "offscreen")
 
 REPO = Path(__file__).resolve().parents[1]
-SHARED = Path(os.environ.get("WPLUS_SHARED", REPO.parent / "shared"))
-FIXTURES = SHARED / "fixtures"
+# Outputs of the official code, kept in the repository (tests/fixtures/official/README.md).
+FIXTURES = REPO / "tests" / "fixtures" / "official"
 
 
 def pytest_collection_modifyitems(config, items):
@@ -39,16 +40,27 @@ def _no_network(monkeypatch, request):
     monkeypatch.setattr(socket.socket, "connect", guarded)
 
 
+@pytest.fixture(scope="session", autouse=True)
+def _log_dir(tmp_path_factory) -> Iterator[Path]:
+    """CLIs run in-process log to a temporary folder, never into the user's log folder."""
+    from engine.logs import LOG_DIR_ENV
+
+    folder = tmp_path_factory.mktemp("logs")
+    before = os.environ.get(LOG_DIR_ENV)
+    os.environ[LOG_DIR_ENV] = str(folder)
+    yield folder
+    if before is None:
+        os.environ.pop(LOG_DIR_ENV, None)
+    else:
+        os.environ[LOG_DIR_ENV] = before
+
+
 @pytest.fixture(scope="session")
 def fixtures_dir() -> Path:
-    if not FIXTURES.is_dir():
-        pytest.skip(f"shared fixtures not found at {FIXTURES}")
+    """The official fixtures; their absence fails (a fidelity test must never pass by skipping)."""
+    if not (FIXTURES / "SHA256SUMS").is_file():
+        pytest.fail(f"the official fixtures are missing from {FIXTURES} (they are part of the repository)")
     return FIXTURES
-
-
-@pytest.fixture(scope="session")
-def shared_dir() -> Path:
-    return SHARED
 
 
 @pytest.fixture(scope="module")
@@ -73,8 +85,9 @@ def tiny(tmp_path_factory) -> Path:
 @pytest.fixture(scope="session")
 def astronaut():
     """A real face photo that ships in a package: scikit-image's astronaut (public domain), 512×512 RGB."""
-    skimage_data = pytest.importorskip("skimage.data")
-    return skimage_data.astronaut()
+    from skimage import data
+
+    return data.astronaut()
 
 
 @pytest.fixture(scope="session")

@@ -43,7 +43,7 @@ class FaceAnalyzer:
     """Face box, landmarks and quality gates from engine.faces (track + quality).
 
     Raises:
-        ImportError: engine.faces is not available (dlib missing or not written yet).
+        ImportError: engine.faces is not available (dlib missing).
     """
 
     def __init__(self) -> None:

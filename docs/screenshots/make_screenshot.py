@@ -28,7 +28,7 @@ sys.path.insert(0, str(REPO))
 PROMPT = "portrait of a woman as an astronaut, oil painting, dramatic light"
 
 
-def write_models(models: Path, shared: Path) -> Path:
+def write_models(models: Path, fixtures: Path) -> Path:
     """Tiny SD1.5 + W+ adapter, and the full-size rule-weight e4e checkpoint, into `models` (once)."""
     from engine.testing.official_files import write_official_e4e
     from engine.testing.tiny import write_tiny_models
@@ -38,7 +38,7 @@ def write_models(models: Path, shared: Path) -> Path:
         return models
     models.mkdir(parents=True, exist_ok=True)
     write_tiny_models(models)
-    keys = json.loads((shared / "fixtures" / "e4e_manifest.json").read_text())["keys"]
+    keys = json.loads((fixtures / "e4e_manifest.json").read_text())["keys"]
     write_official_e4e(models / "e4e_ffhq_encode.pt", {e["key"]: tuple(e["shape"]) for e in keys})
     marker.write_text("ok", encoding="utf-8")
     return models
@@ -53,11 +53,11 @@ def main() -> int:
 
     out = Path(sys.argv[1]) if len(sys.argv) > 1 else REPO / "docs" / "screenshots" / "main_window.png"
     face_path = Path(skimage.__file__).parent / "data" / "astronaut.png"
-    shared = Path(os.environ.get("WPLUS_SHARED", REPO.parent / "shared"))
+    fixtures = REPO / "tests" / "fixtures" / "official"
     tmp = Path(tempfile.mkdtemp(prefix="wplus-shot-"))
     models = Path(os.environ.get("WPLUS_SHOT_MODELS", tmp / "models"))
     t0 = time.monotonic()
-    write_models(models, shared)
+    write_models(models, fixtures)
     print(f"models ready in {time.monotonic() - t0:.0f} s: {models}")
     cfg = tiny_config(models)  # tiny SD1.5 + adapter; e4e found in the folder by its official name
 

@@ -14,6 +14,7 @@ from __future__ import annotations
 import re
 from collections.abc import Mapping
 from dataclasses import dataclass
+from typing import Any
 
 from engine.backends.base import ComponentSpec, TensorSpec
 from engine.errors import InvalidInput
@@ -249,7 +250,7 @@ def _label(base: str) -> str:
     return {"B": "batch", "R": "resolution"}.get(base, base)
 
 
-def coerce_inputs(component: ComponentSpec, inputs: Mapping[str, object]) -> dict[str, object]:
+def coerce_inputs(component: ComponentSpec, inputs: Mapping[str, object]) -> dict[str, Any]:
     """Turn Python numbers and 0-d tensors into the spec's shapes, as the torch backend accepts them.
 
     The pipeline passes `wplus_scale` as a Python float (0.0 during delayed conditioning) and may pass

@@ -261,7 +261,7 @@ def _progress_monitor(trt: Any, progress: ProgressFn) -> Any | None:
 
     class _Monitor(base):  # type: ignore[misc, valid-type]
         def __init__(self) -> None:
-            base.__init__(self)
+            super().__init__()
             self.steps: dict[str, int] = {}
             self.top: str | None = None
 

@@ -7,13 +7,13 @@ from __future__ import annotations
 
 import argparse
 import importlib
-import logging
 import os
 import sys
 from collections.abc import Sequence
 
 from engine.cli.common import MODELS_DIR_HELP
 from engine.errors import Cancelled, EngineError
+from engine.logs import setup_cli_logging
 
 # Subcommand modules in help order; a module registers one or more subcommands.
 SUBCOMMAND_MODULES = (
@@ -33,7 +33,7 @@ def build_parser() -> argparse.ArgumentParser:
         prog="wplus",
         description="W+ Studio command line: align and encode faces, edit W+, generate with SD1.5 + the W+ adapter.",
     )
-    parser.add_argument("--debug", action="store_true", help="show tracebacks and debug logging")
+    parser.add_argument("--debug", action="store_true", help="show tracebacks, library warnings and debug logging (always in the log file)")
     parser.add_argument("--models-dir", help=MODELS_DIR_HELP)
     parser.add_argument("--device", default="auto", help="cpu, cuda, cuda:N or auto (default)")
     sub = parser.add_subparsers(dest="command", metavar="COMMAND")
@@ -72,7 +72,8 @@ def run_parser(parser: argparse.ArgumentParser, argv: Sequence[str] | None = Non
     """
     os.environ.setdefault("HF_HUB_OFFLINE", "1")
     args = parser.parse_args(argv)
-    logging.basicConfig(level=logging.DEBUG if args.debug else logging.WARNING, format="%(levelname)s %(name)s: %(message)s")
+    # library warnings and hints go to the log file; the console shows them only with --debug
+    setup_cli_logging(parser.prog, debug=args.debug)
     if not getattr(args, "func", None):
         parser.print_help()
         return 2

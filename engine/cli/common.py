@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import argparse
+from typing import Any
 
 from engine.config import EngineConfig
 
@@ -22,6 +23,6 @@ def config_from_args(args: argparse.Namespace, **paths: str) -> EngineConfig:
     from engine.models.folder import resolve_models_dir, user_path
 
     models_dir, _why = resolve_models_dir(getattr(args, "models_dir", None))
-    fields: dict = {"models_dir": models_dir, "device": getattr(args, "device", "auto") or "auto"}
+    fields: dict[str, Any] = {"models_dir": models_dir, "device": getattr(args, "device", "auto") or "auto"}
     fields.update({k: str(user_path(v)) for k, v in paths.items() if v})
     return EngineConfig(**fields)

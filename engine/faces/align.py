@@ -159,7 +159,7 @@ def _reflect_pad(img, quad: np.ndarray, qsize: float, border: int):
     import cv2
     from PIL import Image
 
-    pad = (
+    pad: tuple[int, ...] = (
         int(np.floor(quad[:, 0].min())),
         int(np.floor(quad[:, 1].min())),
         int(np.ceil(quad[:, 0].max())),

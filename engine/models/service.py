@@ -41,7 +41,7 @@ def _load_parser(path: Path, device: torch.device, dtype: torch.dtype) -> Any:
 
 
 def _load_preview(path: Path, device: torch.device, dtype: torch.dtype) -> Any:
-    from engine.networks.stylegan2 import StyleGANPreview
+    from engine.pipeline.face_preview import StyleGANPreview
 
     return StyleGANPreview.from_checkpoint(path, device=str(device), dtype=str(dtype).removeprefix("torch."))
 

@@ -137,6 +137,8 @@ class E4EEncoder(nn.Module):
     `latent_avg` (18×512, the checkpoint's top-level entry).
     """
 
+    latent_avg: torch.Tensor
+
     def __init__(self) -> None:
         super().__init__()
         self.input_layer = nn.Sequential(

@@ -168,7 +168,7 @@ def _attention(
     out = _merge(out).to(query.dtype)
 
     # A Python-float scale of exactly 0 is SD1.5 itself (H + 0·H' == H): skip the branch's work.
-    if wplus_tokens is not None and not (isinstance(scale, (int, float)) and scale == 0):
+    if wplus is not None and wplus_tokens is not None and not (isinstance(scale, (int, float)) and scale == 0):
         q2 = _heads(wplus.to_q_wplus(out), heads)
         k2 = _heads(wplus.to_k_wplus(wplus_tokens), heads)
         v2 = _heads(wplus.to_v_wplus(wplus_tokens), heads)

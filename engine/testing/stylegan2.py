@@ -18,7 +18,7 @@ from engine.testing.wbn import rule_input, rule_state
 
 def decoder_shapes(shape: Any = None) -> dict[str, tuple[int, ...]]:
     """`decoder.`-prefixed key → shape of a generator of `shape` (default: the official 1024² one)."""
-    from engine.networks.stylegan2 import GeneratorShape, StyleGAN2Generator
+    from engine.networks.stylegan2.modules import GeneratorShape, StyleGAN2Generator
 
     gen = StyleGAN2Generator(shape or GeneratorShape())
     return {f"decoder.{k}": tuple(v.shape) for k, v in gen.state_dict().items()}

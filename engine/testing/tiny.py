@@ -64,9 +64,10 @@ def build_tiny_modules(seed: int = TINY_SEED) -> tuple[Any, Any, Any]:
 
     with torch.random.fork_rng(devices=[]):
         torch.manual_seed(seed)
-        unet = UNet2DConditionModel(**TINY_UNET_CONFIG)
+        # diffusers' config-registered __init__ hides the nn.Module type from mypy
+        unet: Any = UNet2DConditionModel(**TINY_UNET_CONFIG)
         torch.manual_seed(seed + 1)
-        vae = AutoencoderKL(**TINY_VAE_CONFIG)
+        vae: Any = AutoencoderKL(**TINY_VAE_CONFIG)
         # transformers' own init of the 49408×768 embedding takes seconds on a busy CPU: build on the
         # meta device and fill with one seeded draw per tensor instead.
         with torch.device("meta"):

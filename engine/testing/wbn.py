@@ -9,6 +9,7 @@ from __future__ import annotations
 import re
 import zlib
 from collections.abc import Iterable, Mapping, Sequence
+from typing import Any
 
 import numpy as np
 
@@ -134,7 +135,7 @@ def rule_state(shapes: Mapping[str, Sequence[int]], *, stylegan_file: bool = Fal
 
 def rule_state_dict(
     shapes: Mapping[str, Sequence[int]],
-    dtypes: Mapping[str, object] | None = None,
+    dtypes: Mapping[str, Any] | None = None,
     *,
     stylegan_file: bool = False,
 ):

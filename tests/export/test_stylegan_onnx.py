@@ -11,8 +11,10 @@ import onnx
 import pytest
 import torch
 
-from engine.networks.stylegan2 import GeneratorShape, StyleGANPreview, export_preview_onnx
+from engine.networks.stylegan2.modules import GeneratorShape
+from engine.pipeline.face_preview import StyleGANPreview
 from engine.testing.stylegan2 import rule_decoder_state, rule_wplus
+from export.stylegan_preview import export_preview_onnx
 
 ort = pytest.importorskip("onnxruntime")
 

@@ -14,13 +14,8 @@ import pytest
 import torch
 from PIL import Image
 
-from engine.networks.stylegan2 import (
-    StyleGANPreview,
-    fused_leaky_relu,
-    resize_like_official,
-    to_uint8,
-    upfirdn2d,
-)
+from engine.networks.stylegan2.ops import fused_leaky_relu, upfirdn2d
+from engine.pipeline.face_preview import StyleGANPreview, resize_like_official, to_uint8
 from engine.testing.stylegan2 import decoder_shapes, rule_decoder_state, rule_wplus, write_e4e_checkpoint
 from engine.testing.wbn import draw
 

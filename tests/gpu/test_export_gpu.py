@@ -9,8 +9,7 @@ from __future__ import annotations
 import importlib.util
 
 import pytest
-
-torch = pytest.importorskip("torch")
+import torch
 
 CUDA = torch.cuda.is_available()
 HAS_TRT = importlib.util.find_spec("tensorrt") is not None

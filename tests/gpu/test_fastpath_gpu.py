@@ -10,8 +10,7 @@ import copy
 
 import numpy as np
 import pytest
-
-torch = pytest.importorskip("torch")
+import torch
 
 CUDA = torch.cuda.is_available()
 pytestmark = [pytest.mark.gpu, pytest.mark.skipif(not CUDA, reason="needs a CUDA GPU")]

@@ -8,7 +8,7 @@ from pathlib import Path
 import pytest
 
 from desktop.logs import remove_logging
-from tests.qt.fakes import FakeSession, metadata_module
+from tests.qt.fakes import FakeSession
 
 
 @pytest.fixture
@@ -33,7 +33,7 @@ def make_app(qtbot, tmp_path: Path) -> Iterator[Callable[..., object]]:
         options.setdefault("preload_faces", False)  # dlib loads only in the tests that use the camera
         opts = AppOptions(models_dir=tmp_path / "models", settings_path=settings_path, log_dir=tmp_path / "logs",
                           data_dir=tmp_path / "data", session_factory=factory or (lambda _cfg: session),
-                          metadata=metadata or metadata_module(), **options)
+                          metadata=metadata, **options)
         app = StudioApp(opts)
         app.fake = session
         apps.append(app)

@@ -9,11 +9,9 @@ channel is 10·(number of edits) + 100·edit sum mod 256, the green channel the 
 
 from __future__ import annotations
 
-import json
 import threading
 import time
 from collections.abc import Callable, Sequence
-from pathlib import Path
 from typing import Any
 
 import numpy as np
@@ -32,7 +30,7 @@ from engine.api import (
     validate_wplus,
 )
 from engine.cancel import CancelToken
-from engine.errors import Cancelled, EngineError, FaceNotFound, ModelMissing
+from engine.errors import Cancelled, FaceNotFound, ModelMissing
 
 CATALOG = (
     SliderSpec("age", "Age", "age & gender", EditKind.INTERFACEGAN, -4.0, 4.0, 0.0, 0.1),
@@ -185,51 +183,3 @@ class FakeSession:
 
     def _note(self) -> None:
         self.thread_names.add(threading.current_thread().name)
-
-
-class FakeMetadata:
-    """Stands in for `engine.pipeline.metadata` until it exists: same functions, PNG text chunk."""
-
-    KEY = "wplus-studio-test"
-
-    @staticmethod
-    def save_png(path: Path, image: np.ndarray, result: Result, index: int) -> None:
-        from PIL import Image, PngImagePlugin
-
-        req = result.request
-        info = PngImagePlugin.PngInfo()
-        payload = {
-            "prompt": req.prompt, "negative_prompt": req.negative_prompt, "seed": result.seeds[index],
-            "steps": req.steps, "guidance": req.guidance, "scheduler": req.scheduler.value, "scale": req.scale,
-            "start_ratio": req.start_ratio, "width": req.width, "height": req.height, "n": req.n,
-            "edits": dict(req.edits.values), "identity_name": req.identity_name,
-            "wplus": None if req.wplus is None else req.wplus.ravel().tolist(),
-        }
-        info.add_text(FakeMetadata.KEY, json.dumps(payload))
-        Image.fromarray(image).save(path, pnginfo=info)
-
-    @staticmethod
-    def read_request(path: Path) -> GenerateRequest:
-        from PIL import Image
-
-        with Image.open(path) as im:
-            raw = im.text.get(FakeMetadata.KEY) if hasattr(im, "text") else None
-        if raw is None:
-            raise EngineError(f"{path} has no W+ Studio settings.", "Drop a PNG saved by W+ Studio.")
-        d = json.loads(raw)
-        wplus = None if d["wplus"] is None else np.asarray(d.pop("wplus"), np.float32).reshape(1, 18, 512)
-        d.pop("wplus", None)
-        edits = EditState.from_mapping(d.pop("edits"))
-        return GenerateRequest(**d, wplus=wplus, edits=edits)
-
-
-def metadata_module() -> Any:
-    """The real `engine.pipeline.metadata` when it exists, else `FakeMetadata`."""
-    try:
-        import engine.pipeline.metadata as real
-
-        if hasattr(real, "save_png") and hasattr(real, "read_request"):
-            return real
-    except ImportError:
-        pass
-    return FakeMetadata

@@ -16,7 +16,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-tiny = pytest.importorskip("engine.testing.tiny")
+from engine.testing import tiny
 
 
 def _astronaut_spec() -> str:
@@ -56,7 +56,7 @@ def decoder_only_models(tiny_models, tmp_path_factory):
     import torch
     from safetensors.torch import save_file
 
-    from engine.networks.stylegan2 import GeneratorShape
+    from engine.networks.stylegan2.modules import GeneratorShape
     from engine.testing.stylegan2 import rule_decoder_state
 
     root = tmp_path_factory.mktemp("dec") / "models"

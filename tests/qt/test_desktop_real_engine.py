@@ -5,8 +5,7 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-tiny = pytest.importorskip(
-    "engine.testing.tiny", reason="engine.testing.tiny (engineer B's tiny SD1.5 + adapter factory) is not there yet")
+from engine.testing import tiny
 
 
 @pytest.fixture(scope="module")

@@ -16,7 +16,8 @@ from safetensors.torch import save_file
 from engine.errors import ModelCorrupt, UnsafeCheckpoint
 from engine.models.convert import convert_to_safetensors
 from engine.networks.e4e import e4e_layout, load_e4e_checkpoint
-from engine.networks.stylegan2 import GeneratorShape, StyleGANPreview
+from engine.networks.stylegan2.modules import GeneratorShape
+from engine.pipeline.face_preview import StyleGANPreview
 from engine.testing.stylegan2 import rule_decoder_state, rule_wplus, write_e4e_checkpoint
 
 SMALL = GeneratorShape.reduced(32, size=64)  # 64² output: 10 W+ rows of 512

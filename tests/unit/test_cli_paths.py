@@ -14,7 +14,7 @@ from PIL import Image
 
 from engine.cli import main
 from engine.models.folder import resolve_models_dir
-from engine.networks.stylegan2 import GeneratorShape
+from engine.networks.stylegan2.modules import GeneratorShape
 from engine.testing.stylegan2 import rule_decoder_state, write_e4e_checkpoint
 from engine.testing.tiny import tiny_wplus
 

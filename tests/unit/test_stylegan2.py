@@ -12,15 +12,10 @@ from PIL import Image
 
 from engine.config import EngineConfig
 from engine.errors import InvalidInput, ModelCorrupt, ModelMissing
-from engine.networks.stylegan2 import (
-    GeneratorShape,
-    ModulatedConv2d,
-    StyleGANPreview,
-    generator_from_state,
-    resize_like_official,
-    to_uint8,
-    upfirdn2d,
-)
+from engine.networks.stylegan2.loader import generator_from_state
+from engine.networks.stylegan2.modules import GeneratorShape, ModulatedConv2d
+from engine.networks.stylegan2.ops import upfirdn2d
+from engine.pipeline.face_preview import StyleGANPreview, resize_like_official, to_uint8
 from engine.testing.stylegan2 import rule_decoder_state, rule_wplus, write_e4e_checkpoint
 from engine.testing.wbn import draw
 
