@@ -10,8 +10,6 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
 
-import torch
-
 from engine.backends.artifacts import WeightSource
 from engine.config import EngineConfig
 
@@ -23,6 +21,7 @@ COMPONENT_ROLES: dict[str, tuple[str, ...]] = {
     "identity_proj": ("adapter",),
     "face_encoder": ("e4e",),
     "face_parser": ("parser",),
+    "stylegan_preview": ("e4e",),  # the StyleGAN2 generator stored in the e4e checkpoint
 }
 EXPORTABLE = tuple(COMPONENT_ROLES)
 
@@ -44,9 +43,11 @@ class ComponentLoader:
         dtype: parameter dtype to load at (export fp16 by loading fp16: no second copy).
     """
 
-    def __init__(self, config: EngineConfig, dtype: torch.dtype = torch.float32) -> None:
+    def __init__(self, config: EngineConfig, dtype: Any = None) -> None:
+        import torch
+
         self.config = config
-        self.dtype = dtype
+        self.dtype = dtype or torch.float32
         self._cache: dict[str, Any] = {}
         self._hashes: dict[str, WeightSource] = {}
 
@@ -113,6 +114,13 @@ class ComponentLoader:
 
             path = self._path("e4e")
             module = load_e4e(path, dtype=self.dtype)
+            weights = (self._weights("e4e", path),)
+        elif component == "stylegan_preview":
+            from engine.networks.stylegan2 import StyleGANPreview
+
+            path = self._path("e4e")
+            # No channels_last: layout hints mean nothing in ONNX. The module stops at the reduced 256² level.
+            module = StyleGANPreview.from_checkpoint(path, channels_last=False).module.to(self.dtype)
             weights = (self._weights("e4e", path),)
         else:
             from engine.networks.parsenet import load_parsenet

@@ -27,7 +27,8 @@ from engine.backends.artifacts import (
     check_up_to_date,
     read_artifact,
 )
-from engine.backends.base import IO_SPEC, ComponentSpec, Runner
+from engine.backends.base import IO_SPEC, ComponentSpec, Runner, onnx_file_name
+from engine.backends.packages import onnxruntime_conflict
 from engine.backends.profiles import check_shapes, coerce_inputs, output_shape
 from engine.errors import (
     BackendUnavailable,
@@ -43,11 +44,6 @@ log = logging.getLogger(__name__)
 CPU = "CPUExecutionProvider"
 CUDA = "CUDAExecutionProvider"
 TENSORRT = "TensorrtExecutionProvider"
-
-
-def onnx_file_name(component: str) -> str:
-    """File name of a component's export inside an ONNX folder."""
-    return f"{component}.onnx"
 
 
 def available_providers() -> list[str]:
@@ -202,8 +198,6 @@ def open_session(path: str | os.PathLike[str], providers: Sequence[str], *, thre
         BackendUnavailable: onnxruntime is not installed (or both CPU and GPU packages are, see select).
         ModelCorrupt: the file cannot be parsed or its external data is missing/short.
     """
-    from engine.backends.select import onnxruntime_conflict
-
     conflict = onnxruntime_conflict()
     if conflict:
         raise BackendUnavailable(conflict, "Uninstall one of them (pip uninstall onnxruntime), then restart.")
@@ -287,8 +281,9 @@ class OrtRunners:
         return torch.float32
 
     def available(self) -> list[str]:
-        """Components that have an export in the folder."""
-        return [c for c in IO_SPEC if (self.onnx_dir / onnx_file_name(c)).is_file()]
+        """Components that have an export in the folder, or a runner in the fallback."""
+        extra = self.fallback.available() if self.fallback is not None else []
+        return [c for c in IO_SPEC if (self.onnx_dir / onnx_file_name(c)).is_file() or c in extra]
 
     def get(self, component: str) -> Runner:
         """The runner of `component`, opening its session on first use.

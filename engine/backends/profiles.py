@@ -80,6 +80,11 @@ class ShapeProfile:
             (("B", DimRange(1, min(2, 2 * max_batch), 2 * max_batch)), ("H", side), ("W", side)),
         )
 
+    def with_fixed(self, dim: str, size: int) -> ShapeProfile:
+        """This profile plus a fixed size for a dimension the inputs do not determine (the preview's `R`)."""
+        dims = tuple((n, r) for n, r in self.dims if n != dim) + ((dim, DimRange(size, size, size)),)
+        return ShapeProfile(self.name, dims)
+
     def range(self, dim: str) -> DimRange | None:
         """The range of a base dimension name, or None when the profile leaves it to the example."""
         for name, rng in self.dims:
@@ -209,6 +214,8 @@ def check_shapes(
                     "Choose a size inside that range, or export/build again with a profile that covers it "
                     "(python -m export onnx --profile dynamic …).",
                 )
+        # Output-only dimensions (the preview's resolution R) are fixed by the profile.
+        values.update({n: r.min for n, r in profile.dims if n not in values and r.fixed})
     return values
 
 

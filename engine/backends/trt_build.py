@@ -15,7 +15,7 @@ import hashlib
 import json
 import logging
 import os
-from collections.abc import Callable, Mapping
+from collections.abc import Callable
 from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any
@@ -388,7 +388,3 @@ def ensure_engine(
                         progress=progress)
     return cache.store(key, data, seconds=time.perf_counter() - t0), reasons
 
-
-def describe_profile(component: str, profile: ShapeProfile) -> Mapping[str, str]:
-    """Human-readable min/opt/max per input (for logs and the build dialog)."""
-    return {k: f"{lo} … {opt} … {hi}" for k, (lo, opt, hi) in profile_shapes(component, profile).items()}

@@ -57,6 +57,36 @@ def resolve_device(device: str) -> str:
     return "cuda" if torch.cuda.is_available() else "cpu"
 
 
+def _open_face_runners(config: EngineConfig, store: ModelStore, e4e_path: Path, parser_path: Path | None,
+                       device: str) -> tuple[Any, Any]:
+    """The face_encoder/face_parser runners on the configured backend (torch for a part without export)."""
+    from engine.backends.select import open_runners
+    from engine.backends.torch_backend import TorchModuleRunners, module_runner
+
+    def load_e4e():
+        from engine.networks.e4e import load_e4e as _load
+
+        module = store.get(("e4e", str(e4e_path), device, "float32"), lambda: _load(e4e_path, device=device))
+        return module_runner("face_encoder", module)
+
+    loaders = {"face_encoder": load_e4e}
+    if parser_path is not None:
+        pp = parser_path
+
+        def load_parser():
+            from engine.networks.parsenet import load_parsenet
+
+            return module_runner("face_parser", store.get(("parser", str(pp), device),
+                                                          lambda: load_parsenet(pp, device=device)))
+
+        loaders["face_parser"] = load_parser
+    runners, choice = open_runners(config, lambda: TorchModuleRunners(loaders, device),
+                                   components=("face_encoder",), partial=True)
+    if choice.fallback_reasons:
+        log.warning("face chain backend: %s", choice.message)
+    return runners, choice
+
+
 @dataclass(frozen=True)
 class FacePrep:
     """An aligned face ready for e4e, with what the chain learnt on the way."""
@@ -71,7 +101,8 @@ class FaceChain:
     """Photo or frames → Identity, with the official preprocessing.
 
     Args:
-        e4e_loader: returns the e4e module (forward: 1×3×256×256 in [-1, 1] → 1×18×512 W+).
+        e4e_loader: returns the `face_encoder` Runner (image 1×3×256×256 in [-1, 1] → wplus 1×18×512),
+            on any backend (`engine.backends.torch_backend.module_runner` for a torch module).
         parser_loader: returns a FaceParser, or None when there is no parser file.
         detector: a FaceDetector (built lazily when None).
         align_mode: "official" (black fill) or "reflect".
@@ -97,6 +128,7 @@ class FaceChain:
         self.thresholds = thresholds or QualityThresholds()
         self.e4e_path = e4e_path
         self.parser_path = parser_path
+        self.backend_choice: Any = None  # engine.backends.select.BackendChoice when built from a config
 
     @classmethod
     def from_config(cls, config: EngineConfig, store: ModelStore) -> FaceChain:
@@ -115,27 +147,27 @@ class FaceChain:
             )
         parser_path = _find(config, config.parser, PARSER_NAMES)
         device = resolve_device(config.device)
+        runners, choice = _open_face_runners(config, store, e4e_path, parser_path, device)
 
         def load_e4e():
-            from engine.networks.e4e import load_e4e as _load
-
-            return store.get(("e4e", str(e4e_path), device, "float32"), lambda: _load(e4e_path, device=device))
+            return runners.get("face_encoder")
 
         parser_loader = None
-        if parser_path is not None:
-            pp = parser_path
+        if parser_path is not None or "face_parser" in runners.available():
 
             def parser_loader():
                 from engine.faces.parse import FaceParser
 
-                return store.get(("parser", str(pp), device), lambda: FaceParser.load(pp, device=device))
+                return FaceParser(runners.get("face_parser"))
 
-        return cls(
+        chain = cls(
             load_e4e,
             parser_loader,
             e4e_path=str(e4e_path),
             parser_path=str(parser_path or ""),
         )
+        chain.backend_choice = choice
+        return chain
 
     # -- pieces -----------------------------------------------------------------------------------
     @property
@@ -194,10 +226,9 @@ class FaceChain:
         """Run e4e on a prepared 1×3×256×256 input; returns W+ 1×18×512 float32."""
         import torch
 
-        net = self._e4e_loader()
-        param = next(net.parameters())
+        runner = self._e4e_loader()
         with torch.inference_mode():
-            w = net(torch.from_numpy(x).to(device=param.device, dtype=param.dtype))
+            w = runner(image=torch.from_numpy(x))["wplus"]
         out = w.detach().to("cpu", torch.float32).numpy()
         if not np.isfinite(out).all():
             raise InvalidInput("The encoder produced non-finite values.", "Check the e4e model file.")
