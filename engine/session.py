@@ -104,9 +104,9 @@ class Session:
 
     # -- StyleGAN2 preview ----------------------------------------------------------------------
     def _stylegan(self):
-        from engine.networks.stylegan2 import StyleGANPreview
+        from engine.backends.preview import open_preview
 
-        return self.store.get(("stylegan",), lambda: StyleGANPreview.from_config(self.config))
+        return self.store.get(("stylegan",), lambda: open_preview(self.config)[0])
 
     def preview_face(
         self, wplus: np.ndarray, edits: EditState = EditState(), size: int = 256, *, exact: bool = False

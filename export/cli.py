@@ -16,7 +16,6 @@ from collections.abc import Sequence
 from pathlib import Path
 
 from engine.errors import EngineError
-
 from export.sources import EXPORTABLE as COMPONENTS
 
 

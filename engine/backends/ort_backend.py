@@ -29,7 +29,7 @@ from engine.backends.artifacts import (
 )
 from engine.backends.base import IO_SPEC, ComponentSpec, Runner, onnx_file_name
 from engine.backends.packages import onnxruntime_conflict
-from engine.backends.profiles import check_shapes, coerce_inputs, output_shape
+from engine.backends.profiles import ShapeProfile, check_shapes, coerce_inputs, output_shape
 from engine.errors import (
     BackendUnavailable,
     EngineMismatch,
@@ -107,6 +107,11 @@ class OrtRunner:
     @property
     def providers(self) -> list[str]:
         return list(self.session.get_providers())
+
+    @property
+    def profile(self) -> ShapeProfile:
+        """The shape profile of the export (what this runner accepts)."""
+        return self.info.profile
 
     def __call__(self, **inputs: Any) -> dict[str, Any]:
         """Run the component.

@@ -82,7 +82,7 @@ class ShapeProfile:
 
     def with_fixed(self, dim: str, size: int) -> ShapeProfile:
         """This profile plus a fixed size for a dimension the inputs do not determine (the preview's `R`)."""
-        dims = tuple((n, r) for n, r in self.dims if n != dim) + ((dim, DimRange(size, size, size)),)
+        dims = (*((n, r) for n, r in self.dims if n != dim), (dim, DimRange(size, size, size)))
         return ShapeProfile(self.name, dims)
 
     def range(self, dim: str) -> DimRange | None:

@@ -129,6 +129,7 @@ class FaceChain:
         self.e4e_path = e4e_path
         self.parser_path = parser_path
         self.backend_choice: Any = None  # engine.backends.select.BackendChoice when built from a config
+        self._told: set[str] = set()
 
     @classmethod
     def from_config(cls, config: EngineConfig, store: ModelStore) -> FaceChain:
@@ -218,6 +219,10 @@ class FaceChain:
             whitened = False
             warnings.append(NO_PARSER_WARNING)
             log.warning(NO_PARSER_WARNING)
+        choice = self.backend_choice
+        if choice is not None and choice.fell_back and choice.message not in self._told:
+            warnings.append(choice.message)  # once per chain: the backend asked for could not run
+            self._told.add(choice.message)
         info["warnings"] = warnings
         info["whitened"] = whitened
         return FacePrep(aligned=aligned, e4e_input=x, whitened=whitened, info=info)
