@@ -127,6 +127,7 @@ def export_onnx(
             dynamic_shapes=dynamic or None,
             optimize=True,
             verify=False,
+            verbose=False,
         )
     except Exception as exc:  # the exporter raises many internal types; report them as one failure
         raise ExportFailed(
