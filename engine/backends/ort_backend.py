@@ -49,7 +49,7 @@ TENSORRT = "TensorrtExecutionProvider"
 def available_providers() -> list[str]:
     """ONNX Runtime's execution providers here ([] when onnxruntime is not installed)."""
     try:
-        import onnxruntime as ort
+        import onnxruntime as ort  # type: ignore[import-untyped, unused-ignore]
     except ImportError:
         return []
     return list(ort.get_available_providers())
@@ -207,7 +207,7 @@ def open_session(path: str | os.PathLike[str], providers: Sequence[str], *, thre
     if conflict:
         raise BackendUnavailable(conflict, "Uninstall one of them (pip uninstall onnxruntime), then restart.")
     try:
-        import onnxruntime as ort
+        import onnxruntime as ort  # type: ignore[import-untyped, unused-ignore]
     except ImportError as exc:
         raise BackendUnavailable(
             "ONNX Runtime is not installed.", "Install 'onnxruntime' (CPU) or 'onnxruntime-gpu' (NVIDIA), not both."

@@ -14,6 +14,7 @@ from __future__ import annotations
 import re
 from collections.abc import Mapping
 from dataclasses import dataclass
+from typing import Any
 
 from engine.backends.base import ComponentSpec, TensorSpec
 from engine.errors import InvalidInput
@@ -256,7 +257,7 @@ def _label(base: str) -> str:
     return {"B": "batch", "R": "resolution"}.get(base, base)
 
 
-def coerce_inputs(component: ComponentSpec, inputs: Mapping[str, object]) -> dict[str, object]:
+def coerce_inputs(component: ComponentSpec, inputs: Mapping[str, Any]) -> dict[str, Any]:
     """Turn Python numbers and 0-d tensors into the spec's shapes, as the torch backend accepts them.
 
     The pipeline passes `wplus_scale` as a Python float (0.0 during delayed conditioning) and may pass
@@ -265,7 +266,7 @@ def coerce_inputs(component: ComponentSpec, inputs: Mapping[str, object]) -> dic
     """
     import torch
 
-    out: dict[str, object] = dict(inputs)
+    out: dict[str, Any] = dict(inputs)
     batch = None
     for t in component.inputs:
         v = inputs.get(t.name)

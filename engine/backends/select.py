@@ -141,7 +141,7 @@ def probe(distributions: Iterable[str] | None = None, *, check_torch_cuda: bool 
         ort_status = BackendStatus("onnxruntime", False, "ONNX Runtime is not installed (pip install onnxruntime, "
                                    "or onnxruntime-gpu for NVIDIA GPUs).")
     else:
-        import onnxruntime as ort
+        import onnxruntime as ort  # type: ignore[import-untyped, unused-ignore]
 
         providers = tuple(ort.get_available_providers())
         devices = ("cuda", "cpu") if "CUDAExecutionProvider" in providers else ("cpu",)
@@ -157,7 +157,7 @@ def _probe_tensorrt(cuda: bool, checked_cuda: bool) -> BackendStatus:
     if importlib.util.find_spec("tensorrt") is None:
         return BackendStatus("tensorrt", False, "TensorRT is not installed (pip install tensorrt; NVIDIA GPUs only).")
     try:
-        import tensorrt as trt
+        import tensorrt as trt  # type: ignore[import-not-found, import-untyped, unused-ignore]
     except Exception as exc:  # a broken install raises OSError/ImportError for missing CUDA libraries
         return BackendStatus("tensorrt", False, f"TensorRT is installed but cannot be imported: {exc}.")
     version = str(getattr(trt, "__version__", ""))

@@ -197,7 +197,7 @@ class UNetStep:
                 self._graphs.move_to_end(key)
                 for k, v in inputs.items():
                     entry.inputs[k].copy_(v)
-                if isinstance(entry.scale, torch.Tensor):
+                if isinstance(entry.scale, torch.Tensor) and isinstance(scale, torch.Tensor):
                     entry.scale.copy_(scale.reshape(-1)[:1])
             entry.graph.replay()
             # The output buffer is overwritten by the next replay, and schedulers may keep a step's output.
@@ -249,7 +249,7 @@ class DecoderModule(nn.Module):
     def __init__(self, vae: nn.Module) -> None:
         super().__init__()
         self.post_quant_conv = getattr(vae, "post_quant_conv", None)
-        self.decoder = vae.decoder
+        self.decoder = vae.get_submodule("decoder")
 
     def forward(self, z: torch.Tensor) -> torch.Tensor:
         if self.post_quant_conv is not None:

@@ -9,6 +9,8 @@ torch is imported at module level: import this module lazily (the backends do).
 
 from __future__ import annotations
 
+from typing import Any
+
 import torch
 from torch import nn
 
@@ -17,6 +19,8 @@ from engine.backends.base import IO_SPEC
 
 class TextEncoderModule(nn.Module):
     """CLIP text model: input_ids (B×77 int64) → last hidden state (B×77×768), as SD1.5 conditions on it."""
+
+    model: nn.Module
 
     def __init__(self, text_model: nn.Module) -> None:
         super().__init__()
@@ -29,6 +33,8 @@ class TextEncoderModule(nn.Module):
 class VaeDecoderModule(nn.Module):
     """AutoencoderKL decode: latent (already ÷ scaling factor) → image in [-1, 1], not clamped."""
 
+    vae: Any  # AutoencoderKL: its `decode` is a method, not a submodule
+
     def __init__(self, vae: nn.Module) -> None:
         super().__init__()
         self.vae = vae
@@ -39,6 +45,8 @@ class VaeDecoderModule(nn.Module):
 
 class ParserLogitsModule(nn.Module):
     """ParseNet: image (B×3×512×512, [-1, 1]) → the 19-class logits only (the image head is unused)."""
+
+    parser: Any  # ParseNet: its `logits` is a method, not a submodule
 
     def __init__(self, parser: nn.Module) -> None:
         super().__init__()

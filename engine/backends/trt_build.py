@@ -114,7 +114,7 @@ def tensorrt_module() -> Any:
         BackendUnavailable: not installed, broken, or older than 10.
     """
     try:
-        import tensorrt as trt
+        import tensorrt as trt  # type: ignore[import-not-found, import-untyped, unused-ignore]
     except ImportError as exc:
         raise BackendUnavailable("TensorRT is not installed.", "pip install tensorrt (NVIDIA GPUs only), or use "
                                  "the torch or ONNX Runtime backend.") from exc
@@ -261,7 +261,7 @@ def _progress_monitor(trt: Any, progress: ProgressFn) -> Any | None:
 
     class _Monitor(base):  # type: ignore[misc, valid-type]
         def __init__(self) -> None:
-            base.__init__(self)
+            base.__init__(self)  # type: ignore[misc]  # TensorRT's pybind base wants this explicit call
             self.steps: dict[str, int] = {}
             self.top: str | None = None
 

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import argparse
+from typing import Any
 
 from engine.config import EngineConfig
 
@@ -11,7 +12,7 @@ def config_from_args(args: argparse.Namespace, **overrides: str) -> EngineConfig
     from engine.manifest import resolve_models_dir
 
     models_dir, _why = resolve_models_dir(getattr(args, "models_dir", None))
-    fields = {"models_dir": models_dir, "device": getattr(args, "device", "auto") or "auto",
+    fields: dict[str, Any] = {"models_dir": models_dir, "device": getattr(args, "device", "auto") or "auto",
               "backend": getattr(args, "backend", "auto") or "auto"}
     fields.update({k: v for k, v in overrides.items() if v})
     return EngineConfig(**fields)
