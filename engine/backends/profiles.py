@@ -93,10 +93,6 @@ class ShapeProfile:
                 return rng
         return None
 
-    @property
-    def is_static(self) -> bool:
-        return all(r.fixed for _n, r in self.dims)
-
     def key(self) -> str:
         """Canonical text for cache keys: equal profiles give equal keys."""
         parts = [f"{n}={r.min}:{r.opt}:{r.max}" for n, r in sorted(self.dims)]
@@ -136,30 +132,6 @@ class ShapeProfile:
         return {
             t.name: (self.shapes(t, "min"), self.shapes(t, "opt"), self.shapes(t, "max")) for t in component.inputs
         }
-
-    def dynamic_dims(self, component: ComponentSpec) -> set[str]:
-        """Base dimension names of `component` that this profile leaves dynamic."""
-        names: set[str] = set()
-        for t in component.inputs:
-            for d in t.dims:
-                if isinstance(d, str):
-                    rng = self.range(dim_base(d)[1])
-                    if rng is not None and not rng.fixed:
-                        names.add(dim_base(d)[1])
-        return names
-
-    def check(self, component: ComponentSpec, shapes: Mapping[str, tuple[int, ...]], artifact: str = "") -> None:
-        """Refuse inputs outside the profile (or the spec's fixed sizes) before a runtime sees them.
-
-        Args:
-            component: the component's IO spec.
-            shapes: input name → shape of the tensors about to be run.
-            artifact: the file the profile belongs to, for the message.
-
-        Raises:
-            InvalidInput: naming the input, the dimension, the size given and the sizes allowed.
-        """
-        check_shapes(component, shapes, self, artifact)
 
 
 def check_shapes(

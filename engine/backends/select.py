@@ -211,10 +211,13 @@ def choose(
         reasons = []
     missing = [c for c in components if onnx_dir is None or not Path(onnx_dir, onnx_file_name(c)).is_file()]
     exports = onnx_dir is not None and not missing
-    no_exports = (
-        f"there is no ONNX export of {', '.join(missing)} in {onnx_dir}" if onnx_dir is not None
-        else "no ONNX export folder is configured"
-    ) + " (export it with: python -m export onnx …)."
+    if onnx_dir is None:
+        no_exports = "no ONNX export folder is configured"
+    elif len(missing) == len(components) and len(components) > 1:
+        no_exports = f"there are no ONNX exports in {onnx_dir}"
+    else:
+        no_exports = f"there is no ONNX export of {', '.join(missing)} in {onnx_dir}"
+    no_exports += f" (export {'them' if len(missing) > 1 else 'it'} with: python -m export onnx …)."
 
     def ort_ok() -> str | None:
         s = report.status("onnxruntime")
