@@ -23,18 +23,6 @@ class FaceParser:
     def __init__(self, runner) -> None:
         self.runner = runner
 
-    @classmethod
-    def load(cls, path, device: str = "cpu") -> FaceParser:
-        """Load `parse_multi_iter_90000.pth` (or .safetensors) through the safe loader.
-
-        Raises:
-            ModelMissing, ModelCorrupt, UnsafeCheckpoint: see engine.networks.parsenet.load_parsenet.
-        """
-        from engine.backends.torch_backend import module_runner
-        from engine.networks.parsenet import load_parsenet
-
-        return cls(module_runner("face_parser", load_parsenet(path, device=device)))
-
     def labels(self, aligned: np.ndarray) -> np.ndarray:
         """Per-pixel CelebAMask-HQ labels (512×512 int64) of an aligned 512² RGB uint8 face."""
         import torch
