@@ -27,7 +27,8 @@ def _row(name: str, module, component: str, profile, out: Path, repeat: int, thr
     from engine.backends.artifacts import read_artifact
     from engine.backends.base import IO_SPEC
     from engine.backends.ort_backend import OrtRunner, open_session
-    from export.components import component_module, example_inputs, run_torch
+    from engine.backends.torch_modules import component_module
+    from export.components import example_inputs, run_torch
     from export.to_onnx import export_onnx
 
     res = export_onnx(component, module, out / f"{component}.onnx", profile=profile)

@@ -1,15 +1,17 @@
 """`wplus-studio --self-test`: prove an installation (or the PyInstaller bundle) works, offscreen.
 
 Steps: start Qt offscreen, find the resources, parse the model manifest and look at the models folder
-(informational only: a fresh install has no models), import the selected backend, build tiny REAL
-models in a temporary folder, render one 64×64 image through `engine.session.Session`, and show it in
-a QImage. Prints one line per step and a summary; returns 0, or 1 with the reason of the first failure.
+(informational only: a fresh install has no models), check that the named backend can run here, build
+tiny REAL models in a temporary folder (for ONNX Runtime also their ONNX exports, for TensorRT also
+its engines), render one 64×64 image with the generation pipeline ON THAT BACKEND (a fallback to
+another backend fails the step, with the reason), and show it in a QImage. Prints one line per step
+and a summary; returns 0, or 1 with the reason of the first failure.
 
 Import rule exception (documented here and in the packaging report): `desktop/` never imports torch or
-the engine's heavy modules. The self-test must exercise them, so it reaches `engine.testing.tiny` and
-`engine.session` (and the backend module) only through `importlib.import_module` inside
-`run_self_test()`. This module is imported by `desktop/__main__.py` only when `--self-test` is given,
-so it is not on the GUI's import path.
+the engine's heavy modules. The self-test must exercise them, so it reaches `engine.testing.tiny`,
+`engine.backends.select`, `engine.pipeline.generate` and `export.prepare` only through
+`importlib.import_module` inside `run_self_test()`. This module is imported by `desktop/__main__.py`
+only when `--self-test` is given, so it is not on the GUI's import path.
 """
 
 from __future__ import annotations
@@ -25,11 +27,7 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any, TextIO
 
-BACKEND_MODULES = {
-    "torch": "engine.backends.torch_backend",
-    "onnxruntime": "engine.backends.ort_backend",
-    "tensorrt": "engine.backends.trt_backend",
-}
+BACKENDS = ("torch", "onnxruntime", "tensorrt")
 
 
 class _Failed(Exception):
@@ -80,28 +78,42 @@ def _step_manifest(models_dir: str | None) -> str:
 
 
 def _step_backend(name: str) -> str:
-    module = BACKEND_MODULES.get(name)
-    if module is None:
-        raise _Failed(f"unknown backend {name!r} (one of {', '.join(BACKEND_MODULES)})")
-    importlib.import_module(module)
-    return f"{name} ({module})"
+    if name not in BACKENDS:
+        raise _Failed(f"unknown backend {name!r} (one of {', '.join(BACKENDS)})")
+    select = importlib.import_module("engine.backends.select")
+    status = select.probe().status(name)
+    if not status.available:
+        raise _Failed(f"{name} cannot run here: {status.reason}")
+    version = f" {status.version}" if status.version else ""
+    return f"{name}{version}: {status.reason}"
 
 
-def _step_render(tmp: Path) -> tuple[str, Any]:
+def _step_render(tmp: Path, backend: str) -> tuple[str, Any]:
+    from dataclasses import replace
+
     tiny = importlib.import_module("engine.testing.tiny")
     api = importlib.import_module("engine.api")
+    generate = importlib.import_module("engine.pipeline.generate")
+    service = importlib.import_module("engine.models.service")
     t0 = time.perf_counter()
-    session = tiny.tiny_session(tmp)
+    root = tiny.write_tiny_models(tmp / "models")
+    config = replace(tiny.tiny_config(root), backend=backend)
+    if backend != "torch":
+        # The exports (and engines) the backend loads, made from the tiny models for 64×64 images.
+        profiles = importlib.import_module("engine.backends.profiles")
+        prepare = importlib.import_module("export.prepare")
+        prepare.prepare_backend(config, backend, profiles.ShapeProfile.static(64, 64, 1))
     built = time.perf_counter() - t0
-    try:
-        request = api.GenerateRequest(
-            prompt="a photo of a person", seed=7, steps=2, width=64, height=64, wplus=tiny.tiny_wplus(3)
-        )
-        t1 = time.perf_counter()
-        result = session.render(request)
-        rendered = time.perf_counter() - t1
-    finally:
-        session.close()
+    pipeline = generate.WPlusPipeline.from_service(service.ModelService(config))
+    choice = pipeline.backend_choice
+    if choice.backend != backend:
+        raise _Failed(f"the pipeline did not open on {backend}: {choice.message}")
+    request = api.GenerateRequest(
+        prompt="a photo of a person", seed=7, steps=2, width=64, height=64, wplus=tiny.tiny_wplus(3)
+    )
+    t1 = time.perf_counter()
+    result = pipeline.render(request)
+    rendered = time.perf_counter() - t1
     import numpy as np
 
     image = np.asarray(result.images[0])
@@ -109,7 +121,9 @@ def _step_render(tmp: Path) -> tuple[str, Any]:
         raise _Failed(f"the render returned an image of shape {image.shape} {image.dtype}, expected 64×64×3 uint8")
     if float(image.std()) == 0.0:
         raise _Failed("the render returned a flat image")
-    return f"tiny models built in {built:.1f} s, 2 steps rendered in {rendered:.1f} s", image
+    what = "tiny models" + ("" if backend == "torch" else " and their exports")
+    return (f"{what} built in {built:.1f} s, 2 steps rendered on {choice.backend} ({choice.device}) "
+            f"in {rendered:.1f} s"), image
 
 
 def _step_show(image: Any) -> str:
@@ -127,7 +141,8 @@ def run_self_test(models_dir: str | None = None, backend: str | None = None, out
 
     Args:
         models_dir: the models folder to report on (default: the usual resolution rule).
-        backend: the backend to import (default: WPLUS_BACKEND or "torch").
+        backend: the backend to render on (default: WPLUS_BACKEND or "torch"); the self-test fails
+            when it cannot run here or the pipeline would fall back from it.
         out: where to print (default: stdout, or a file in the temp dir for a windowed executable).
 
     Returns:
@@ -145,7 +160,7 @@ def run_self_test(models_dir: str | None = None, backend: str | None = None, out
 
         def render() -> str:
             nonlocal image
-            text, image = _step_render(Path(tmp))
+            text, image = _step_render(Path(tmp), chosen)
             return text
 
         steps: list[tuple[str, Callable[[], str]]] = [

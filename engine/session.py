@@ -105,7 +105,11 @@ class Session:
 
     # -- StyleGAN2 preview ----------------------------------------------------------------------
     def _stylegan(self):
-        return self.models.load("stylegan_preview")
+        from engine.pipeline.preview_backend import open_preview
+
+        return self.models.get(
+            ("stylegan",), lambda: open_preview(self.config, lambda: self.models.load("stylegan_preview"))[0]
+        )
 
     def preview_face(
         self, wplus: np.ndarray, edits: EditState = EditState(), size: int = 256, *, exact: bool = False

@@ -16,8 +16,7 @@ from collections.abc import Sequence
 from pathlib import Path
 
 from engine.errors import EngineError
-
-COMPONENTS = ("text_encoder", "unet", "vae_decoder", "identity_proj", "face_encoder", "face_parser")
+from export.sources import EXPORTABLE as COMPONENTS
 
 
 def _profile(args: argparse.Namespace):

@@ -1,9 +1,8 @@
-"""torch modules with exactly the IO spec's inputs and outputs, and seeded inputs for them.
+"""Seeded example inputs for the IO spec's components, and running a wrapped module on them.
 
 The exporter and the verifier see every component through one shape: `forward(*inputs)` in the order
-of `IO_SPEC[name].inputs`, returning the outputs in spec order. The wrappers only adapt call
-conventions (keyword names, return_dict); they add no computation, so the ONNX graph is the torch
-model's own.
+of `IO_SPEC[name].inputs` (`engine.backends.torch_modules.component_module`, the same wrapper the
+torch backend runs), returning the outputs in spec order.
 """
 
 from __future__ import annotations
@@ -18,79 +17,6 @@ from engine.backends.base import IO_SPEC, ComponentSpec
 from engine.backends.profiles import ShapeProfile
 
 CLIP_VOCAB = 49408
-
-
-class TextEncoderModule(nn.Module):
-    """CLIP text model: input_ids (B×77 int64) → last hidden state (B×77×768), as SD1.5 conditions on it."""
-
-    def __init__(self, text_model: nn.Module) -> None:
-        super().__init__()
-        self.model = text_model
-
-    def forward(self, input_ids: torch.Tensor) -> torch.Tensor:
-        return self.model(input_ids=input_ids, return_dict=False)[0]
-
-
-class VaeDecoderModule(nn.Module):
-    """AutoencoderKL decode: latent (already ÷ scaling factor) → image in [-1, 1], not clamped."""
-
-    def __init__(self, vae: nn.Module) -> None:
-        super().__init__()
-        self.vae = vae
-
-    def forward(self, latent: torch.Tensor) -> torch.Tensor:
-        return self.vae.decode(latent, return_dict=False)[0]
-
-
-class ParserLogitsModule(nn.Module):
-    """ParseNet: image (B×3×512×512, [-1, 1]) → the 19-class logits only (the image head is unused)."""
-
-    def __init__(self, parser: nn.Module) -> None:
-        super().__init__()
-        self.parser = parser
-
-    def forward(self, image: torch.Tensor) -> torch.Tensor:
-        return self.parser.logits(image)
-
-
-def component_module(component: str, module: nn.Module) -> nn.Module:
-    """Wrap `module` so its forward takes the IO spec's inputs positionally.
-
-    Args:
-        component: an `IO_SPEC` name.
-        module: the torch model: CLIPTextModel, WPlusUNet (or a UNet2DConditionModel with the W+
-            processors installed), AutoencoderKL, E4EEncoder, WProj, ParseNet, or an already
-            wrapped module.
-
-    Returns:
-        A module in eval mode.
-
-    Raises:
-        ValueError: an unknown component name.
-    """
-    if component not in IO_SPEC:
-        raise ValueError(f"unknown component {component!r}; known: {', '.join(IO_SPEC)}")
-    wrapped: nn.Module = module
-    if component == "text_encoder" and not isinstance(module, TextEncoderModule):
-        wrapped = TextEncoderModule(module)
-    elif component == "unet":
-        from engine.networks.wplus import WPlusUNet
-
-        if not isinstance(module, WPlusUNet):
-            wrapped = WPlusUNet(module)
-    elif component == "vae_decoder" and not isinstance(module, VaeDecoderModule):
-        wrapped = VaeDecoderModule(module)
-    elif component == "face_parser" and hasattr(module, "logits") and not isinstance(module, ParserLogitsModule):
-        wrapped = ParserLogitsModule(module)
-    return wrapped.eval()
-
-
-def module_dtype(module: nn.Module) -> torch.dtype:
-    """The floating dtype of the module's parameters (float32 when it has none)."""
-    for p in module.parameters():
-        if p.is_floating_point():
-            return p.dtype
-    return torch.float32
 
 
 def module_bytes(module: nn.Module) -> int:

@@ -10,8 +10,6 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
 
-import torch
-
 from engine.backends.artifacts import WeightSource
 from engine.config import EngineConfig
 
@@ -23,6 +21,7 @@ COMPONENT_ROLES: dict[str, tuple[str, ...]] = {
     "identity_proj": ("adapter",),
     "face_encoder": ("e4e",),
     "face_parser": ("parser",),
+    "stylegan_preview": ("e4e",),  # the StyleGAN2 generator stored in the e4e checkpoint
 }
 EXPORTABLE = tuple(COMPONENT_ROLES)
 
@@ -107,6 +106,13 @@ class ComponentLoader:
             module = self._sd15().vae
             vae = self._optional_path("vae")
             weights = (self._weights("vae", vae) if vae is not None else self._weights("sd15", self._path("sd15")),)
+        elif component == "stylegan_preview":
+            from engine.pipeline.face_preview import StyleGANPreview
+
+            path = self._path("e4e")
+            # No channels_last: layout hints mean nothing in ONNX. The module stops at the reduced 256² level.
+            module = StyleGANPreview.from_checkpoint(path, channels_last=False).module.to(self.dtype)
+            weights = (self._weights("e4e", path),)
         else:
             role = "e4e" if component == "face_encoder" else "parser"
             module = self.models.load(role, device="cpu", dtype=str(self.dtype).removeprefix("torch."))

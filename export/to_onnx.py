@@ -8,7 +8,6 @@ failed or cancelled export never leaves a half-written model that looks valid.
 
 from __future__ import annotations
 
-import contextlib
 import copy
 import logging
 import os
@@ -25,8 +24,9 @@ from torch import nn
 from engine.backends.artifacts import ArtifactInfo, WeightSource, file_sha256, state_sha256, write_sidecar
 from engine.backends.base import IO_SPEC, TensorSpec
 from engine.backends.profiles import ShapeProfile, dim_base
+from engine.backends.torch_modules import component_module, module_dtype
 from engine.errors import EngineError, StorageError
-from export.components import CLIP_VOCAB, component_module, example_inputs, module_bytes, module_dtype
+from export.components import CLIP_VOCAB, example_inputs, module_bytes
 
 log = logging.getLogger(__name__)
 
@@ -110,6 +110,7 @@ def export_onnx(
     device = next((p.device for p in wrapped.parameters()), torch.device("cpu"))
 
     args = _trace_inputs(component, profile, dtype, device, vocab_size)
+    profile = _with_output_dims(component, wrapped, args, profile)
     dynamic = _dynamic_shapes(spec.inputs, profile)
     if external_data is None:
         external_data = module_bytes(wrapped) > EXTERNAL_DATA_THRESHOLD
@@ -208,6 +209,32 @@ def _trace_inputs(
     return example_inputs(component, profile, dtype=dtype, device=device, vocab_size=vocab_size, shapes=shapes)
 
 
+def _with_output_dims(
+    component: str, module: nn.Module, args: dict[str, torch.Tensor], profile: ShapeProfile
+) -> ShapeProfile:
+    """The profile plus the sizes of output dimensions no input determines (the preview's `R`), as traced.
+
+    Such a size is a property of the module (the level the StyleGAN2 preview stops at), so it is
+    recorded as a fixed range: the graph's output is static and the runtimes know the output shape.
+    """
+    spec = IO_SPEC[component]
+    from_inputs = {dim_base(d)[1] for t in spec.inputs for d in t.dims if isinstance(d, str)}
+    open_dims = {dim_base(d)[1] for t in spec.outputs for d in t.dims if isinstance(d, str)} - from_inputs
+    open_dims = {d for d in open_dims if profile.range(d) is None}
+    if not open_dims:
+        return profile
+    with torch.inference_mode():
+        result = module(*(args[t.name] for t in spec.inputs))
+    results = result if isinstance(result, (tuple, list)) else (result,)
+    for t, r in zip(spec.outputs, results):
+        for d, size in zip(t.dims, r.shape):
+            if isinstance(d, str) and dim_base(d)[1] in open_dims:
+                mult, base = dim_base(d)
+                profile = profile.with_fixed(base, int(size) // mult)
+                open_dims.discard(base)
+    return profile
+
+
 def _dynamic_shapes(inputs: Iterable[TensorSpec], profile: ShapeProfile) -> tuple[dict[int, object] | None, ...]:
     """Per-input (positional, so forward's parameter names don't matter) dynamic axes; () if none."""
     out: list[dict[int, object] | None] = []
@@ -239,12 +266,3 @@ def _spec_dims(t: TensorSpec, profile: ShapeProfile) -> list[int | str]:
         dims.append(mult * rng.min if rng is not None and rng.fixed else d)
     return dims
 
-
-def remove_export(path: str | os.PathLike[str]) -> None:
-    """Delete an export: the .onnx, its external data and its sidecar."""
-    from engine.backends.artifacts import sidecar_path
-
-    p = Path(path)
-    for f in (p, sidecar_path(p), p.with_name(p.name + ".data")):
-        with contextlib.suppress(FileNotFoundError):
-            f.unlink()

@@ -16,8 +16,9 @@ from torch import nn
 
 from engine.backends.base import IO_SPEC
 from engine.backends.profiles import ShapeProfile
+from engine.backends.torch_modules import component_module
 from engine.errors import EngineError
-from export.components import CLIP_VOCAB, component_module, example_inputs, run_torch
+from export.components import CLIP_VOCAB, example_inputs, run_torch
 
 
 @dataclass(frozen=True)

@@ -149,23 +149,6 @@ class ArtifactInfo:
             f"{META_PREFIX}weights_digest": self.weights_digest(),
         }
 
-    @classmethod
-    def from_metadata_props(cls, props: Mapping[str, str], opset: int = 0) -> ArtifactInfo:
-        """Rebuild the facts from an ONNX file's metadata (e.g. ORT's `custom_metadata_map`)."""
-        try:
-            return cls(
-                component=props[f"{META_PREFIX}component"],
-                precision=props.get(f"{META_PREFIX}precision", "fp32"),
-                opset=opset,
-                profile=ShapeProfile.from_dict(json.loads(props.get(f"{META_PREFIX}profile", "{}"))),
-                weights=tuple(WeightSource(**w) for w in json.loads(props.get(f"{META_PREFIX}weights", "[]"))),
-                format=props.get(f"{META_PREFIX}format", FORMAT),
-            )
-        except (KeyError, ValueError, TypeError) as exc:
-            raise ModelCorrupt(
-                "The ONNX file has no W+ Studio export metadata (component, weights, profile).", REEXPORT_HINT
-            ) from exc
-
 
 def sidecar_path(onnx_path: str | os.PathLike[str]) -> Path:
     """`unet.onnx` → `unet.onnx.json`."""

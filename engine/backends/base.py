@@ -3,6 +3,12 @@
 The pipeline calls runners by component name with named torch tensors and gets named torch tensors
 back; it never asks which backend produced them. `export/` names ONNX inputs from the same spec, so a
 runner built from an ONNX file or a TensorRT engine is a drop-in replacement for the torch one.
+
+A new component is added by declaring its `ComponentSpec` here (and, for export, the torch module
+whose forward takes the inputs in spec order: `engine.backends.torch_modules.component_module`);
+every backend, the exporter and the conformance tests (`tests/backends/`) then handle it.
+
+This module is the bottom of the backends package: it imports nothing from it.
 """
 
 from __future__ import annotations
@@ -69,9 +75,14 @@ IO_SPEC: Mapping[str, ComponentSpec] = {
     "stylegan_preview": ComponentSpec(
         "stylegan_preview",
         (TensorSpec("wplus", ("B", 18, 512)),),
-        (TensorSpec("image", ("B", 3, "R", "R")),),
+        (TensorSpec("image", ("B", 3, "R", "R")),),  # R: the level the export stops at, fixed per export
     ),
 }
+
+
+def onnx_file_name(component: str) -> str:
+    """File name of a component's export inside an ONNX folder (`unet` → `unet.onnx`)."""
+    return f"{component}.onnx"
 
 
 @runtime_checkable

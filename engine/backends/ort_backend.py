@@ -27,8 +27,9 @@ from engine.backends.artifacts import (
     check_up_to_date,
     read_artifact,
 )
-from engine.backends.base import IO_SPEC, ComponentSpec, Runner
-from engine.backends.profiles import check_shapes, coerce_inputs, output_shape
+from engine.backends.base import IO_SPEC, ComponentSpec, Runner, onnx_file_name
+from engine.backends.packages import onnxruntime_conflict
+from engine.backends.profiles import ShapeProfile, check_shapes, coerce_inputs, output_shape
 from engine.errors import (
     BackendUnavailable,
     EngineMismatch,
@@ -45,15 +46,10 @@ CUDA = "CUDAExecutionProvider"
 TENSORRT = "TensorrtExecutionProvider"
 
 
-def onnx_file_name(component: str) -> str:
-    """File name of a component's export inside an ONNX folder."""
-    return f"{component}.onnx"
-
-
 def available_providers() -> list[str]:
     """ONNX Runtime's execution providers here ([] when onnxruntime is not installed)."""
     try:
-        import onnxruntime as ort
+        import onnxruntime as ort  # type: ignore[import-untyped, unused-ignore]
     except ImportError:
         return []
     return list(ort.get_available_providers())
@@ -111,6 +107,11 @@ class OrtRunner:
     @property
     def providers(self) -> list[str]:
         return list(self.session.get_providers())
+
+    @property
+    def profile(self) -> ShapeProfile:
+        """The shape profile of the export (what this runner accepts)."""
+        return self.info.profile
 
     def __call__(self, **inputs: Any) -> dict[str, Any]:
         """Run the component.
@@ -202,13 +203,11 @@ def open_session(path: str | os.PathLike[str], providers: Sequence[str], *, thre
         BackendUnavailable: onnxruntime is not installed (or both CPU and GPU packages are, see select).
         ModelCorrupt: the file cannot be parsed or its external data is missing/short.
     """
-    from engine.backends.select import onnxruntime_conflict
-
     conflict = onnxruntime_conflict()
     if conflict:
         raise BackendUnavailable(conflict, "Uninstall one of them (pip uninstall onnxruntime), then restart.")
     try:
-        import onnxruntime as ort
+        import onnxruntime as ort  # type: ignore[import-untyped, unused-ignore]
     except ImportError as exc:
         raise BackendUnavailable(
             "ONNX Runtime is not installed.", "Install 'onnxruntime' (CPU) or 'onnxruntime-gpu' (NVIDIA), not both."
@@ -287,8 +286,9 @@ class OrtRunners:
         return torch.float32
 
     def available(self) -> list[str]:
-        """Components that have an export in the folder."""
-        return [c for c in IO_SPEC if (self.onnx_dir / onnx_file_name(c)).is_file()]
+        """Components that have an export in the folder, or a runner in the fallback."""
+        extra = self.fallback.available() if self.fallback is not None else []
+        return [c for c in IO_SPEC if (self.onnx_dir / onnx_file_name(c)).is_file() or c in extra]
 
     def get(self, component: str) -> Runner:
         """The runner of `component`, opening its session on first use.

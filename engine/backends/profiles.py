@@ -81,16 +81,17 @@ class ShapeProfile:
             (("B", DimRange(1, min(2, 2 * max_batch), 2 * max_batch)), ("H", side), ("W", side)),
         )
 
+    def with_fixed(self, dim: str, size: int) -> ShapeProfile:
+        """This profile plus a fixed size for a dimension the inputs do not determine (the preview's `R`)."""
+        dims = (*((n, r) for n, r in self.dims if n != dim), (dim, DimRange(size, size, size)))
+        return ShapeProfile(self.name, dims)
+
     def range(self, dim: str) -> DimRange | None:
         """The range of a base dimension name, or None when the profile leaves it to the example."""
         for name, rng in self.dims:
             if name == dim:
                 return rng
         return None
-
-    @property
-    def is_static(self) -> bool:
-        return all(r.fixed for _n, r in self.dims)
 
     def key(self) -> str:
         """Canonical text for cache keys: equal profiles give equal keys."""
@@ -131,30 +132,6 @@ class ShapeProfile:
         return {
             t.name: (self.shapes(t, "min"), self.shapes(t, "opt"), self.shapes(t, "max")) for t in component.inputs
         }
-
-    def dynamic_dims(self, component: ComponentSpec) -> set[str]:
-        """Base dimension names of `component` that this profile leaves dynamic."""
-        names: set[str] = set()
-        for t in component.inputs:
-            for d in t.dims:
-                if isinstance(d, str):
-                    rng = self.range(dim_base(d)[1])
-                    if rng is not None and not rng.fixed:
-                        names.add(dim_base(d)[1])
-        return names
-
-    def check(self, component: ComponentSpec, shapes: Mapping[str, tuple[int, ...]], artifact: str = "") -> None:
-        """Refuse inputs outside the profile (or the spec's fixed sizes) before a runtime sees them.
-
-        Args:
-            component: the component's IO spec.
-            shapes: input name → shape of the tensors about to be run.
-            artifact: the file the profile belongs to, for the message.
-
-        Raises:
-            InvalidInput: naming the input, the dimension, the size given and the sizes allowed.
-        """
-        check_shapes(component, shapes, self, artifact)
 
 
 def check_shapes(
@@ -210,6 +187,8 @@ def check_shapes(
                     "Choose a size inside that range, or export/build again with a profile that covers it "
                     "(python -m export onnx --profile dynamic …).",
                 )
+        # Output-only dimensions (the preview's resolution R) are fixed by the profile.
+        values.update({n: r.min for n, r in profile.dims if n not in values and r.fixed})
     return values
 
 
@@ -250,7 +229,7 @@ def _label(base: str) -> str:
     return {"B": "batch", "R": "resolution"}.get(base, base)
 
 
-def coerce_inputs(component: ComponentSpec, inputs: Mapping[str, object]) -> dict[str, Any]:
+def coerce_inputs(component: ComponentSpec, inputs: Mapping[str, Any]) -> dict[str, Any]:
     """Turn Python numbers and 0-d tensors into the spec's shapes, as the torch backend accepts them.
 
     The pipeline passes `wplus_scale` as a Python float (0.0 during delayed conditioning) and may pass
@@ -259,7 +238,7 @@ def coerce_inputs(component: ComponentSpec, inputs: Mapping[str, object]) -> dic
     """
     import torch
 
-    out: dict[str, object] = dict(inputs)
+    out: dict[str, Any] = dict(inputs)
     batch = None
     for t in component.inputs:
         v = inputs.get(t.name)

@@ -15,43 +15,12 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from engine.backends.base import onnx_file_name
+from engine.backends.packages import installed_distributions, normalise, onnxruntime_conflict
+from engine.errors import BackendUnavailable, EngineError
+
 BACKENDS = ("torch", "onnxruntime", "tensorrt")
-_ORT_CPU = "onnxruntime"
-_ORT_GPU = "onnxruntime-gpu"
-# Other ONNX Runtime builds that install the same `onnxruntime` module.
-_ORT_VARIANTS = (_ORT_CPU, _ORT_GPU, "onnxruntime-directml", "onnxruntime-openvino", "onnxruntime-training")
-
-
-def _normalise(name: str) -> str:
-    return name.strip().lower().replace("_", "-")
-
-
-def installed_distributions() -> list[str]:
-    """Names of the installed Python distributions (normalised: lower case, '-')."""
-    return sorted({_normalise(d.metadata["Name"] or "") for d in importlib.metadata.distributions()} - {""})
-
-
-def onnxruntime_conflict(distributions: Iterable[str] | None = None) -> str | None:
-    """A message when several ONNX Runtime packages are installed together, else None.
-
-    onnxruntime and onnxruntime-gpu install the same `onnxruntime` module; with both, whichever was
-    installed last wins file by file and the result may have no CUDA provider or fail to load.
-
-    Args:
-        distributions: installed distribution names (defaults to what importlib.metadata finds);
-            tests pass a list.
-    """
-    names = {_normalise(d) for d in (installed_distributions() if distributions is None else distributions)}
-    found = [v for v in _ORT_VARIANTS if v in names]
-    if len(found) < 2:
-        return None
-    keep = _ORT_GPU if _ORT_GPU in found else found[0]
-    drop = [f for f in found if f != keep]
-    return (
-        f"Both {' and '.join(found)} are installed; they provide the same 'onnxruntime' module and break each "
-        f"other. Uninstall {', '.join(drop)} (pip uninstall {' '.join(drop)}), then reinstall {keep} "
-        f"(pip install --force-reinstall {keep})."
-    )
+REQUESTS = ("auto", *BACKENDS)
 
 
 @dataclass(frozen=True)
@@ -143,7 +112,7 @@ def probe(distributions: Iterable[str] | None = None, *, check_torch_cuda: bool 
     Returns:
         Per-backend availability with reasons, GPU facts and warnings (e.g. two ONNX Runtimes).
     """
-    dists = {_normalise(d) for d in (installed_distributions() if distributions is None else distributions)}
+    dists = {normalise(d) for d in (installed_distributions() if distributions is None else distributions)}
     warnings: list[str] = []
 
     cuda, gpu, cc = False, "", ""
@@ -172,7 +141,7 @@ def probe(distributions: Iterable[str] | None = None, *, check_torch_cuda: bool 
         ort_status = BackendStatus("onnxruntime", False, "ONNX Runtime is not installed (pip install onnxruntime, "
                                    "or onnxruntime-gpu for NVIDIA GPUs).")
     else:
-        import onnxruntime as ort
+        import onnxruntime as ort  # type: ignore[import-untyped, unused-ignore]
 
         providers = tuple(ort.get_available_providers())
         devices = ("cuda", "cpu") if "CUDAExecutionProvider" in providers else ("cpu",)
@@ -188,7 +157,7 @@ def _probe_tensorrt(cuda: bool, checked_cuda: bool) -> BackendStatus:
     if importlib.util.find_spec("tensorrt") is None:
         return BackendStatus("tensorrt", False, "TensorRT is not installed (pip install tensorrt; NVIDIA GPUs only).")
     try:
-        import tensorrt as trt
+        import tensorrt as trt  # type: ignore[import-not-found, import-untyped, unused-ignore]
     except Exception as exc:  # a broken install raises OSError/ImportError for missing CUDA libraries
         return BackendStatus("tensorrt", False, f"TensorRT is installed but cannot be imported: {exc}.")
     version = str(getattr(trt, "__version__", ""))
@@ -208,6 +177,7 @@ def choose(
     *,
     device: str = "auto",
     onnx_dir: str | Path | None = None,
+    components: Sequence[str] = ("unet",),
 ) -> BackendChoice:
     """Pick the backend that will run.
 
@@ -220,6 +190,8 @@ def choose(
         report: from `probe()` (probed now if None).
         device: "auto", "cpu" or "cuda[:N]".
         onnx_dir: the folder with the ONNX exports (the ONNX-based backends need them).
+        components: the exports that must be there for an ONNX-based backend to count as usable
+            (the UNet for generation, `face_encoder` for the face chain, …).
 
     Returns:
         The choice with its fallback reasons (empty when the request was met).
@@ -227,8 +199,8 @@ def choose(
     Raises:
         ValueError: an unknown backend name.
     """
-    if requested not in ("auto", *BACKENDS):
-        raise ValueError(f"unknown backend {requested!r}; choose auto, {', '.join(BACKENDS)}")
+    if requested not in REQUESTS:
+        raise ValueError(f"unknown backend {requested!r}; choose {', '.join(REQUESTS)}")
     report = report or probe()
     want_cuda = device.startswith("cuda") or (device == "auto" and report.cuda)
     if device.startswith("cuda") and not report.cuda:
@@ -237,10 +209,15 @@ def choose(
     else:
         dev = (device if device.startswith("cuda") else "cuda") if want_cuda else "cpu"
         reasons = []
-    exports = onnx_dir is not None and Path(onnx_dir, "unet.onnx").is_file()
-    no_exports = (
-        f"there are no ONNX exports in {onnx_dir}" if onnx_dir is not None else "no ONNX export folder is configured"
-    ) + " (export them with: python -m export onnx …)."
+    missing = [c for c in components if onnx_dir is None or not Path(onnx_dir, onnx_file_name(c)).is_file()]
+    exports = onnx_dir is not None and not missing
+    if onnx_dir is None:
+        no_exports = "no ONNX export folder is configured"
+    elif len(missing) == len(components) and len(components) > 1:
+        no_exports = f"there are no ONNX exports in {onnx_dir}"
+    else:
+        no_exports = f"there is no ONNX export of {', '.join(missing)} in {onnx_dir}"
+    no_exports += f" (export {'them' if len(missing) > 1 else 'it'} with: python -m export onnx …)."
 
     def ort_ok() -> str | None:
         s = report.status("onnxruntime")
@@ -277,8 +254,6 @@ def choose(
         if why is None:
             return BackendChoice(requested, name, dev, tuple(reasons), report)
         reasons.append(f"{name} is unavailable: {why}")
-    from engine.errors import BackendUnavailable
-
     raise BackendUnavailable("No backend can run here. " + " ".join(reasons), "Install PyTorch (pip install torch).")
 
 
@@ -303,6 +278,8 @@ def open_runners(
     *,
     report: BackendReport | None = None,
     components: Sequence[str] = PIPELINE_COMPONENTS,
+    required: Sequence[str] | None = None,
+    partial: bool = False,
     allow_build: bool = False,
     progress: Callable[[str, float], None] | None = None,
 ) -> tuple[Any, BackendChoice]:
@@ -314,6 +291,11 @@ def open_runners(
             runs, or as the fallback for components without an export.
         report: a `probe()` result (probed now if None).
         components: opened eagerly to find damaged/stale exports now.
+        required: the exports without which an ONNX-based backend is not even tried (default:
+            `components`).
+        partial: components without an export (other than `components`) run on torch: the torch
+            runners are built once, up front, as the exported backend's fallback, so building them must
+            be cheap (load lazily, as `TorchModuleRunners` does).
         allow_build: let TensorRT build missing engines now (minutes); otherwise a missing engine is
             a reason to fall back.
         progress: TensorRT build progress.
@@ -321,25 +303,26 @@ def open_runners(
     Returns:
         (runners, the choice with every fallback reason).
     """
-    from engine.errors import EngineError
-
-    choice = choose(config.backend or "auto", report, device=config.device or "auto", onnx_dir=onnx_dir_for(config))
+    choice = choose(config.backend or "auto", report, device=config.device or "auto", onnx_dir=onnx_dir_for(config),
+                    components=tuple(components if required is None else required))
     reasons = list(choice.fallback_reasons)
     order = [b for b in ("tensorrt", "onnxruntime", "torch") if BACKENDS.index(b) <= BACKENDS.index(choice.backend)]
+    fallback = torch_runners() if partial and choice.backend != "torch" else None
+    runners: Any
     for name in order:
         if name == "torch":
-            return torch_runners(), BackendChoice(choice.requested, "torch", choice.device, tuple(reasons),
-                                                  choice.report)
+            runners = fallback if fallback is not None else torch_runners()
+            return runners, BackendChoice(choice.requested, "torch", choice.device, tuple(reasons), choice.report)
         try:
             if name == "tensorrt":
                 from engine.backends.trt_backend import TrtRunners
 
-                runners: Any = TrtRunners(onnx_dir_for(config), engine_cache_for(config), device=choice.device,
-                                          allow_build=allow_build, progress=progress)
+                runners = TrtRunners(onnx_dir_for(config), engine_cache_for(config), device=choice.device,
+                                          allow_build=allow_build, progress=progress, fallback=fallback)
             else:
                 from engine.backends.ort_backend import OrtRunners
 
-                runners = OrtRunners(onnx_dir_for(config), choice.device)
+                runners = OrtRunners(onnx_dir_for(config), choice.device, fallback=fallback)
             for c in components:
                 runners.get(c)
         except EngineError as exc:

@@ -24,12 +24,13 @@ the CPU with its defaults:
 from __future__ import annotations
 
 import logging
-from collections.abc import Callable
-from dataclasses import dataclass
+from collections.abc import Callable, Mapping
 from typing import TYPE_CHECKING, Any
 
-from engine.backends.base import IO_SPEC, ComponentSpec
-from engine.errors import BackendUnavailable, InvalidInput
+from engine.backends.base import IO_SPEC, ComponentSpec, Runner
+from engine.backends.profiles import check_shapes, coerce_inputs
+from engine.backends.torch_options import FastPathOptions
+from engine.errors import BackendUnavailable, ModelMissing
 
 if TYPE_CHECKING:
 
@@ -42,45 +43,13 @@ log = logging.getLogger(__name__)
 FREEU_OFFICIAL = {"s1": 0.6, "s2": 0.4, "b1": 1.1, "b2": 1.2}
 
 
-@dataclass(frozen=True)
-class FastPathOptions:
-    """Speed features of the torch backend (see the module docstring). Defaults are safe everywhere.
-
-    Args:
-        channels_last: NHWC UNet and VAE weights on CUDA (ignored on the CPU, where it would only
-            change summation order).
-        compile: `torch.compile` the UNet and (with `compile_vae`) the VAE decoder.
-        compile_mode: inductor mode ("default", "max-autotune-no-cudagraphs", …). "reduce-overhead"
-            makes inductor capture its own CUDA graphs; then leave `cuda_graph` off.
-        compile_vae: also compile the VAE decoder when `compile` is on.
-        cuda_graph: replay the UNet step from captured CUDA graphs (CUDA only).
-        max_graphs: graphs kept (least recently used dropped): each holds its own activation memory.
-        compile_backend: the torch.compile backend; "inductor" in the product, "eager" (or a callable)
-            in CPU tests, where it proves the wrapping without generating kernels.
-    """
-
-    channels_last: bool = True
-    compile: bool = False
-    compile_mode: str = "max-autotune-no-cudagraphs"
-    compile_vae: bool = True
-    cuda_graph: bool = False
-    max_graphs: int = 4
-    compile_backend: Any = "inductor"
-
-    @classmethod
-    def from_config(cls, config: Any) -> FastPathOptions:
-        """The options an `EngineConfig` asks for (missing fields keep their defaults)."""
-        d = cls()
-        return cls(
-            channels_last=bool(getattr(config, "channels_last", d.channels_last)),
-            compile=bool(getattr(config, "compile", d.compile)),
-            compile_mode=str(getattr(config, "compile_mode", d.compile_mode) or d.compile_mode),
-            cuda_graph=bool(getattr(config, "cuda_graph", d.cuda_graph)),
-        )
-
-
 class TorchRunner:
-    """One component as a callable with named inputs/outputs (the `Runner` protocol)."""
+    """One component as a callable with named inputs/outputs (the `Runner` protocol).
+
+    Inputs are checked against the IO spec as the exported backends check them (names, ranks, fixed
+    sizes, agreeing named dimensions); torch has no shape profile, so any size the spec allows runs.
+    The inputs reach `fn` as given: a Python 0.0 `wplus_scale` stays a float (it skips the W+ branch).
+    """
 
     backend = "torch"
 
@@ -92,11 +61,76 @@ class TorchRunner:
     def __call__(self, **inputs: Any) -> dict[str, Any]:
         import torch
 
-        missing = [t.name for t in self.spec.inputs if t.name not in inputs]
-        if missing:
-            raise InvalidInput(f"The {self.spec.name} runner is missing inputs: {', '.join(missing)}.")
+        coerced = coerce_inputs(self.spec, inputs)
+        check_shapes(self.spec, {k: tuple(v.shape) for k, v in coerced.items() if isinstance(v, torch.Tensor)},
+                     artifact="the torch model")
         with torch.no_grad():
             return self._fn(**inputs)
+
+
+def module_runner(component: str, module: Any) -> TorchRunner:
+    """A torch runner of any IO-spec component from its module (e4e, ParseNet, the StyleGAN2 preview, …).
+
+    Float inputs are moved to the module's device and dtype; outputs come back there, named as the
+    spec names them. The SD components of the pipeline use `TorchRunners` instead (fast path, FreeU).
+
+    Args:
+        component: an `IO_SPEC` name.
+        module: the torch model (see `engine.backends.torch_modules.component_module`).
+    """
+    import torch
+
+    from engine.backends.torch_modules import component_module, module_device, module_dtype
+
+    spec = IO_SPEC[component]
+    wrapped = component_module(component, module)
+    device, dtype = module_device(wrapped), module_dtype(wrapped)
+
+    def run(**inputs: Any) -> dict[str, Any]:
+        args = []
+        for t in spec.inputs:
+            v = torch.as_tensor(inputs[t.name])
+            args.append(v.to(device=device, dtype=dtype) if v.is_floating_point() else v.to(device))
+        out = wrapped(*args)
+        outs = out if isinstance(out, (tuple, list)) else (out,)
+        return {t.name: o for t, o in zip(spec.outputs, outs)}
+
+    return TorchRunner(spec, run, wrapped)
+
+
+class TorchModuleRunners:
+    """Torch runners loaded on first use, one loader per component (the face chain's, the preview's).
+
+    Args:
+        loaders: component → a function returning its Runner (e.g. `module_runner(c, load(...))`).
+        device, dtype: what the loaders load to (reported as the `Runners` protocol asks).
+    """
+
+    backend = "torch"
+
+    def __init__(self, loaders: Mapping[str, Callable[[], Runner]], device: Any = "cpu", dtype: Any = None) -> None:
+        import torch
+
+        self.loaders = dict(loaders)
+        self.device = torch.device(device)
+        self.dtype = dtype or torch.float32
+        self._runners: dict[str, Runner] = {}
+
+    def available(self) -> list[str]:
+        """Components this object can load."""
+        return list(self.loaders)
+
+    def get(self, component: str) -> Runner:
+        """The runner of `component`, loading its module on first use.
+
+        Raises:
+            ModelMissing: no model for the component here.
+        """
+        if component not in self._runners:
+            if component not in self.loaders:
+                raise ModelMissing(f"There is no torch model for the {component} component.")
+            self._runners[component] = self.loaders[component]()
+        return self._runners[component]
 
 
 class TorchRunners:
@@ -193,6 +227,10 @@ class TorchRunners:
             "cuda_graph": graphs,
             "vae_decode": vae,
         }
+
+    def available(self) -> list[str]:
+        """The components these runners provide."""
+        return list(self._runners)
 
     def get(self, component: str) -> TorchRunner:
         try:

@@ -19,7 +19,7 @@ import torch
 from torch import nn
 
 if TYPE_CHECKING:
-    from engine.backends.torch_backend import FastPathOptions
+    from engine.backends.torch_options import FastPathOptions
 
 log = logging.getLogger(__name__)
 
@@ -145,11 +145,6 @@ class UNetStep:
     def graph_count(self) -> int:
         """Graphs currently kept."""
         return len(self._graphs)
-
-    def clear_graphs(self) -> None:
-        """Drop every captured graph (freeing its memory); the next step captures again."""
-        with self._lock:
-            self._graphs.clear()
 
     def __call__(
         self,

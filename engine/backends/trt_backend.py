@@ -10,13 +10,20 @@ from __future__ import annotations
 
 import logging
 import os
-from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
 
-from engine.backends.base import IO_SPEC, ComponentSpec, Runner
+from engine.backends.artifacts import read_artifact
+from engine.backends.base import IO_SPEC, ComponentSpec, Runner, onnx_file_name
 from engine.backends.profiles import ShapeProfile, check_shapes, coerce_inputs, output_shape
-from engine.backends.trt_build import REBUILD_HINT, EngineCache, GpuInfo, ensure_engine, tensorrt_module
+from engine.backends.trt_build import (
+    REBUILD_HINT,
+    EngineCache,
+    GpuInfo,
+    engine_key,
+    ensure_engine,
+    tensorrt_module,
+)
 from engine.errors import EngineMismatch, ModelCorrupt
 
 log = logging.getLogger(__name__)
@@ -155,19 +162,19 @@ class TrtRunners:
         self.notes: list[str] = []
         self._runners: dict[str, Runner] = {}
 
+    def available(self) -> list[str]:
+        """Components that have an ONNX export to build an engine from, or a fallback runner."""
+        extra = self.fallback.available() if self.fallback is not None else []
+        return [c for c in IO_SPEC if (self.onnx_dir / onnx_file_name(c)).is_file() or c in extra]
+
     def get(self, component: str) -> Runner:
         """The runner of `component` (building its engine on first use when allowed)."""
         if component in self._runners:
             return self._runners[component]
-        from engine.backends.ort_backend import onnx_file_name
-
         onnx = self.onnx_dir / onnx_file_name(component)
         if not onnx.is_file() and self.fallback is not None:
             runner = self.fallback.get(component)
         else:
-            from engine.backends.artifacts import read_artifact
-            from engine.backends.trt_build import engine_key
-
             profile = self.profile or read_artifact(onnx, component).profile
             key = engine_key(onnx, component, self.precision, profile, gpu=self.gpu)
             plan, reasons = ensure_engine(self.cache, onnx, component, profile, precision=self.precision,
@@ -180,7 +187,3 @@ class TrtRunners:
     def close(self) -> None:
         self._runners.clear()
 
-
-def engine_summary(runners: Mapping[str, TrtRunner]) -> list[str]:
-    """One line per loaded engine (for `wplus info`)."""
-    return [f"{k}: {r.path.name}" for k, r in runners.items()]

@@ -15,7 +15,7 @@ import hashlib
 import json
 import logging
 import os
-from collections.abc import Callable, Mapping
+from collections.abc import Callable
 from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any
@@ -114,7 +114,7 @@ def tensorrt_module() -> Any:
         BackendUnavailable: not installed, broken, or older than 10.
     """
     try:
-        import tensorrt as trt
+        import tensorrt as trt  # type: ignore[import-not-found, import-untyped, unused-ignore]
     except ImportError as exc:
         raise BackendUnavailable("TensorRT is not installed.", "pip install tensorrt (NVIDIA GPUs only), or use "
                                  "the torch or ONNX Runtime backend.") from exc
@@ -261,7 +261,7 @@ def _progress_monitor(trt: Any, progress: ProgressFn) -> Any | None:
 
     class _Monitor(base):  # type: ignore[misc, valid-type]
         def __init__(self) -> None:
-            super().__init__()
+            base.__init__(self)  # type: ignore[misc]  # TensorRT's pybind base wants this explicit call
             self.steps: dict[str, int] = {}
             self.top: str | None = None
 
@@ -388,7 +388,3 @@ def ensure_engine(
                         progress=progress)
     return cache.store(key, data, seconds=time.perf_counter() - t0), reasons
 
-
-def describe_profile(component: str, profile: ShapeProfile) -> Mapping[str, str]:
-    """Human-readable min/opt/max per input (for logs and the build dialog)."""
-    return {k: f"{lo} … {opt} … {hi}" for k, (lo, opt, hi) in profile_shapes(component, profile).items()}

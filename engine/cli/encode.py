@@ -5,6 +5,8 @@ from __future__ import annotations
 import argparse
 import sys
 
+from engine.cli.common import add_backend_argument
+
 
 def register(subparsers: argparse._SubParsersAction) -> None:
     p = subparsers.add_parser(
@@ -28,6 +30,7 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     p.add_argument("--face", type=int, default=0, help="which face, largest first (default 0)")
     p.add_argument("--mode", choices=("official", "reflect"), default="official", help="alignment border mode")
     p.add_argument("--save-aligned", metavar="PNG", help="also write the aligned 512² face")
+    add_backend_argument(p)
     p.set_defaults(func=run)
 
 

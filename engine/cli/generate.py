@@ -8,6 +8,7 @@ from pathlib import Path
 from typing import Any
 
 from engine.api import DEFAULT_NEGATIVE_PROMPT, DEFAULT_PROMPT, EditState, GenerateRequest, Scheduler
+from engine.cli.common import add_backend_argument
 from engine.errors import InvalidInput
 
 
@@ -48,6 +49,7 @@ def register(subparsers: Any) -> None:
     p.add_argument("--quiet", action="store_true", help="no progress output")
     p.add_argument("--out", required=True,
                    help="output PNG; with --n > 1: OUT-0.png, OUT-1.png, … (missing folders are created)")
+    add_backend_argument(p)
     p.set_defaults(func=run)
 
 
@@ -114,6 +116,8 @@ def run(args: argparse.Namespace) -> int:
                 identity = session.encode_identity(load_image(args.image), name=name or Path(args.image).stem,
                                                    aligned=args.aligned)
                 wplus, name = identity.wplus, identity.name
+                for w in identity.info.get("warnings", ()):
+                    print(f"warning: {w}", file=sys.stderr)
             edits = _parse_edits(args.set)
             if wplus is None and not edits.is_identity:
                 raise InvalidInput("--set needs an identity (--wplus or --image).")

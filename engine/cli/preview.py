@@ -9,6 +9,7 @@ from pathlib import Path
 
 import numpy as np
 
+from engine.cli.common import add_backend_argument
 from engine.errors import InvalidInput
 
 SIZES = (256, 512, 1024)
@@ -31,6 +32,7 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     p.add_argument("--size", type=int, choices=SIZES, default=256, help="output size (default 256)")
     p.add_argument("--full", action="store_true", help="with --size 256: downscale the full 1024² image")
     p.add_argument("--e4e", default="", help="e4e checkpoint (default: e4e_ffhq_encode.* in the models folder)")
+    add_backend_argument(p)
     p.set_defaults(func=run)
 
 
@@ -81,6 +83,9 @@ def encode_image(rgb: np.ndarray, path: str | Path) -> bytes:
 
 
 def run(args: argparse.Namespace) -> int:
+    import sys
+
+    from engine.pipeline.preview_backend import open_preview
     from engine.cli.common import config_from_args
     from engine.fileio import atomic_write_bytes
     from engine.models.service import ModelService
@@ -89,7 +94,10 @@ def run(args: argparse.Namespace) -> int:
     encode_image(np.zeros((1, 1, 3), np.uint8), args.output)  # refuse a bad suffix before the slow part
     config = config_from_args(args, e4e=args.e4e)
     t0 = time.perf_counter()
-    preview = ModelService(config).load("stylegan_preview")
+    models = ModelService(config)
+    preview, choice = open_preview(config, lambda: models.load("stylegan_preview"))
+    if choice.fell_back:
+        print(f"warning: {choice.message}", file=sys.stderr)
     t1 = time.perf_counter()
     rgb = preview.render(wplus, args.size, full=args.full)
     t2 = time.perf_counter()

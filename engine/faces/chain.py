@@ -34,6 +34,23 @@ NO_PARSER_WARNING = (
 ProgressFn = Callable[[Progress], None] | None
 
 
+def _open_face_runners(models: ModelService, *, with_parser: bool) -> tuple[Any, Any]:
+    """The face_encoder/face_parser runners on the configured backend (torch for a part without export)."""
+    from engine.backends.select import open_runners
+    from engine.backends.torch_backend import TorchModuleRunners, module_runner
+    from engine.devices import resolve_device
+
+    loaders = {"face_encoder": lambda: module_runner("face_encoder", models.load("e4e"))}
+    if with_parser:
+        loaders["face_parser"] = lambda: module_runner("face_parser", models.load("parser"))
+    device, _dtype = resolve_device(models.config.device, "float32")
+    runners, choice = open_runners(models.config, lambda: TorchModuleRunners(loaders, device),
+                                   components=("face_encoder",), partial=True)
+    if choice.fallback_reasons:
+        log.warning("face chain backend: %s", choice.message)
+    return runners, choice
+
+
 @dataclass(frozen=True)
 class FacePrep:
     """An aligned face ready for e4e, with what the chain learnt on the way."""
@@ -48,7 +65,8 @@ class FaceChain:
     """Photo or frames → Identity, with the official preprocessing.
 
     Args:
-        e4e_loader: returns the e4e module (forward: 1×3×256×256 in [-1, 1] → 1×18×512 W+).
+        e4e_loader: returns the `face_encoder` Runner (image 1×3×256×256 in [-1, 1] → wplus 1×18×512),
+            on any backend (`engine.backends.torch_backend.module_runner` for a torch module).
         parser_loader: returns a FaceParser, or None when there is no parser file.
         detector: a FaceDetector (built lazily when None).
         align_mode: "official" (black fill) or "reflect".
@@ -74,6 +92,8 @@ class FaceChain:
         self.thresholds = thresholds or QualityThresholds()
         self.e4e_path = e4e_path
         self.parser_path = parser_path
+        self.backend_choice: Any = None  # engine.backends.select.BackendChoice when built from a config
+        self._told: set[str] = set()
 
     @classmethod
     def from_service(cls, models: ModelService) -> FaceChain:
@@ -86,18 +106,25 @@ class FaceChain:
         """
         e4e_path = models.locate("e4e")
         parser_path = models.find("parser")
+        runners, choice = _open_face_runners(models, with_parser=parser_path is not None)
 
-        def parser_loader():
-            from engine.faces.parse import FaceParser
+        parser_loader = None
+        if parser_path is not None or "face_parser" in runners.available():
 
-            return models.get(("face_parser", str(parser_path)), lambda: FaceParser(models.load("parser")))
+            def parser_loader():
+                from engine.faces.parse import FaceParser
 
-        return cls(
-            lambda: models.load("e4e"),
-            parser_loader if parser_path is not None else None,
+                return models.get(("face_parser", str(parser_path), runners.backend),
+                                  lambda: FaceParser(runners.get("face_parser")))
+
+        chain = cls(
+            lambda: runners.get("face_encoder"),
+            parser_loader,
             e4e_path=str(e4e_path),
             parser_path=str(parser_path or ""),
         )
+        chain.backend_choice = choice
+        return chain
 
     # -- pieces -----------------------------------------------------------------------------------
     @property
@@ -148,6 +175,10 @@ class FaceChain:
             whitened = False
             warnings.append(NO_PARSER_WARNING)
             log.warning(NO_PARSER_WARNING)
+        choice = self.backend_choice
+        if choice is not None and choice.fell_back and choice.message not in self._told:
+            warnings.append(choice.message)  # once per chain: the backend asked for could not run
+            self._told.add(choice.message)
         info["warnings"] = warnings
         info["whitened"] = whitened
         return FacePrep(aligned=aligned, e4e_input=x, whitened=whitened, info=info)
@@ -156,10 +187,9 @@ class FaceChain:
         """Run e4e on a prepared 1×3×256×256 input; returns W+ 1×18×512 float32."""
         import torch
 
-        net = self._e4e_loader()
-        param = next(net.parameters())
+        runner = self._e4e_loader()
         with torch.inference_mode():
-            w = net(torch.from_numpy(x).to(device=param.device, dtype=param.dtype))
+            w = runner(image=torch.from_numpy(x))["wplus"]
         out = w.detach().to("cpu", torch.float32).numpy()
         if not np.isfinite(out).all():
             raise InvalidInput("The encoder produced non-finite values.", "Check the e4e model file.")

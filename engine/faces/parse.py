@@ -14,14 +14,14 @@ from engine.faces.preprocess import ALIGNED_SIZE, removal_mask
 
 
 class FaceParser:
-    """Wraps a loaded ParseNet module (engine.networks.parsenet) for uint8 faces.
+    """Runs the `face_parser` component (ParseNet, on any backend) on uint8 faces.
 
     Args:
-        net: a ParseNet in eval mode.
+        runner: a `face_parser` Runner (`engine.backends`): image B×3×512×512 → logits B×19×512×512.
     """
 
-    def __init__(self, net) -> None:
-        self.net = net
+    def __init__(self, runner) -> None:
+        self.runner = runner
 
     def labels(self, aligned: np.ndarray) -> np.ndarray:
         """Per-pixel CelebAMask-HQ labels (512×512 int64) of an aligned 512² RGB uint8 face."""
@@ -38,11 +38,10 @@ class FaceParser:
                     (ALIGNED_SIZE, ALIGNED_SIZE), Image.Resampling.BILINEAR
                 )
             )
-        param = next(self.net.parameters())
         x = torch.from_numpy(np.ascontiguousarray(arr.transpose(2, 0, 1))).to(torch.float32)
-        x = ((x / 255.0 - 0.5) / 0.5)[None].to(device=param.device, dtype=param.dtype)
+        x = ((x / 255.0 - 0.5) / 0.5)[None]
         with torch.inference_mode():
-            logits = self.net.logits(x)
+            logits = self.runner(image=x)["logits"]
         return logits[0].argmax(dim=0).to("cpu").numpy()
 
     def mask(self, aligned: np.ndarray) -> np.ndarray:

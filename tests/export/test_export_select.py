@@ -6,7 +6,8 @@ import importlib.util
 
 import pytest
 
-from engine.backends.select import BackendReport, BackendStatus, choose, onnxruntime_conflict, probe
+from engine.backends.packages import onnxruntime_conflict
+from engine.backends.select import BackendReport, BackendStatus, choose, probe
 
 HAS_TRT = importlib.util.find_spec("tensorrt") is not None
 
@@ -108,8 +109,19 @@ def test_cpu_only_onnxruntime_on_a_gpu_falls_back_to_torch(exported):
 def test_missing_exports_are_the_reason(tmp_path):
     c = choose("onnxruntime", _report(cuda=False, trt=False, ort_cuda=False), onnx_dir=tmp_path)
     assert c.backend == "torch"
-    assert f"there are no ONNX exports in {tmp_path}" in c.message
+    assert f"there is no ONNX export of unet in {tmp_path}" in c.message
     assert "python -m export onnx" in c.message
+
+
+def test_the_components_asked_for_decide_whether_exports_exist(exported):
+    cpu = _report(cuda=False, trt=False, ort_cuda=False)
+    c = choose("onnxruntime", cpu, onnx_dir=exported, components=("face_encoder",))
+    assert c.backend == "torch"
+    assert f"there is no ONNX export of face_encoder in {exported}" in c.message
+    (exported / "face_encoder.onnx").write_bytes(b"placeholder")
+    assert choose("onnxruntime", cpu, onnx_dir=exported, components=("face_encoder",)).backend == "onnxruntime"
+    c = choose("onnxruntime", cpu, onnx_dir=exported, components=("face_encoder", "face_parser"))
+    assert "no ONNX export of face_parser" in c.message
 
 
 def test_cuda_requested_without_a_gpu(exported):

@@ -49,7 +49,8 @@ def tiny(tmp_path_factory):
 @pytest.mark.parametrize("component", ["unet", "vae_decoder", "text_encoder", "identity_proj"])
 def test_ort_cuda_io_binding_matches_torch(tiny, component):
     from engine.backends.ort_backend import OrtRunners
-    from export.components import component_module, example_inputs, run_torch
+    from engine.backends.torch_modules import component_module
+    from export.components import example_inputs, run_torch
     from export.verify import Tolerance, compare
 
     modules, out, profile = tiny
@@ -69,9 +70,10 @@ def test_ort_cuda_io_binding_matches_torch(tiny, component):
 @pytest.mark.trt
 @pytest.mark.skipif(not HAS_TRT, reason="needs tensorrt")
 def test_tensorrt_engine_build_cache_and_run(tiny, tmp_path):
+    from engine.backends.torch_modules import component_module
     from engine.backends.trt_backend import TrtRunners
     from engine.backends.trt_build import EngineCache
-    from export.components import component_module, example_inputs, run_torch
+    from export.components import example_inputs, run_torch
     from export.verify import compare
 
     modules, out, profile = tiny

@@ -9,6 +9,7 @@ import pytest
 import torch
 from torch import nn
 
+from engine.backends.torch_backend import module_runner
 from engine.cancel import CancelToken
 from engine.config import EngineConfig
 from engine.errors import Cancelled, FaceNotFound, InvalidInput, ModelCorrupt, ModelMissing
@@ -51,13 +52,13 @@ def encoder():
 def parser():
     net = ParseNet(size=512, min_feat_size=128, base_ch=4, res_depth=1, ch_range=(4, 8))
     fill_module(net, "test:small_parsenet.")
-    return FaceParser(net.eval())
+    return FaceParser(module_runner("face_parser", net.eval()))
 
 
 @pytest.fixture
 def chain(encoder, parser, detector):
     encoder.inputs.clear()
-    return FaceChain(lambda: encoder, lambda: parser, detector=detector)
+    return FaceChain(lambda: module_runner("face_encoder", encoder), lambda: parser, detector=detector)
 
 
 def test_photo_to_identity_runs_the_official_chain(chain, encoder, parser, astronaut):
@@ -79,7 +80,7 @@ def test_photo_to_identity_runs_the_official_chain(chain, encoder, parser, astro
 
 
 def test_without_parser_the_chain_warns_and_continues(encoder, detector, astronaut, caplog):
-    chain = FaceChain(lambda: encoder, None, detector=detector)
+    chain = FaceChain(lambda: module_runner("face_encoder", encoder), None, detector=detector)
     ident = chain.encode_identity(astronaut)
     assert ident.info["whitened"] is False
     assert NO_PARSER_WARNING in ident.info["warnings"]
