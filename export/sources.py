@@ -43,12 +43,14 @@ class ComponentLoader:
         dtype: parameter dtype to load at (export fp16 by loading fp16: no second copy).
     """
 
-    def __init__(self, config: EngineConfig, dtype: torch.dtype = torch.float32) -> None:
+    def __init__(self, config: EngineConfig, dtype: Any = None) -> None:
+        import torch
+
         from engine.models.service import ModelService
 
         self.config = config
         self.models = ModelService(config)
-        self.dtype = dtype
+        self.dtype = dtype or torch.float32
         self._cache: dict[str, Any] = {}
         self._hashes: dict[str, WeightSource] = {}
 

@@ -85,10 +85,10 @@ def encode_image(rgb: np.ndarray, path: str | Path) -> bytes:
 def run(args: argparse.Namespace) -> int:
     import sys
 
-    from engine.pipeline.preview_backend import open_preview
     from engine.cli.common import config_from_args
     from engine.fileio import atomic_write_bytes
     from engine.models.service import ModelService
+    from engine.pipeline.preview_backend import open_preview
 
     wplus = load_wplus_file(args.wplus)
     encode_image(np.zeros((1, 1, 3), np.uint8), args.output)  # refuse a bad suffix before the slow part

@@ -121,8 +121,8 @@ def test_preview_sizes_without_export_run_on_torch(face_models, models):
 
 def test_preview_export_without_resolution_is_refused(face_models):
     from engine.backends.ort_backend import OrtRunners
-    from engine.pipeline.preview_backend import RunnerPreview
     from engine.errors import InvalidInput
+    from engine.pipeline.preview_backend import RunnerPreview
 
     runner = OrtRunners(face_models / "onnx").get("stylegan_preview")
     stripped = replace(runner, info=replace(runner.info, profile=replace(runner.info.profile, dims=())))
