@@ -5,13 +5,14 @@ the latest-wins mailbox that feeds it, a small I/O thread for saving and reading
 signals that carry results back. Results are emitted from worker threads and therefore reach widgets
 through queued connections only; the GUI thread never waits on inference.
 
-This is the only desktop module that may import `engine.session` (lazily, on the worker thread), and
-the only place where a fake session may be injected (`session_factory`).
+This is the only desktop module that may import the engine's heavy parts (`engine.session`, the face
+tracker, the capture back-ends, the PNG metadata; lazily, off the GUI thread where they are slow), and
+the only place where a fake session may be injected (`session_factory`). The import-linter contract
+"The desktop reaches the heavy runtimes only through the bridge" (pyproject.toml) holds everyone else to it.
 """
 
 from __future__ import annotations
 
-import importlib
 import importlib.util
 import itertools
 import logging
@@ -157,6 +158,7 @@ class EngineClient(QObject):
     request_failed = Signal(str, object)  # path, FailureInfo (not one of our PNGs, or unreadable)
     image_loaded = Signal(str, object)  # path, uint8 RGB
     call_done = Signal(str, object)
+    device_resolved = Signal(str)  # "cpu" or "cuda": where this session renders
 
     def __init__(
         self,
@@ -345,7 +347,9 @@ class EngineClient(QObject):
 
     def _meta(self) -> Any:
         if self._metadata is None:
-            self._metadata = importlib.import_module("engine.pipeline.metadata")
+            from engine.pipeline import metadata
+
+            self._metadata = metadata
         return self._metadata
 
     def _guard(self, where: str, fn: Callable[[], None]) -> Callable[[], None]:
@@ -424,6 +428,7 @@ class EngineClient(QObject):
             log.exception("checking the models failed")
             states = exc
         self.models_checked.emit(states)
+        self.device_resolved.emit(resolved_device(self._session, config))
         try:
             self.catalog_ready.emit(tuple(self._session.catalog()))
         except Exception as exc:
@@ -533,7 +538,8 @@ def probe_backends() -> tuple[BackendOption, ...]:
                BackendOption("device", "auto", True, "CUDA when available, else CPU"),
                BackendOption("device", "cpu", True)]
     try:
-        select = importlib.import_module("engine.backends.select")
+        from engine.backends import select
+
         report = select.probe()
     except Exception as exc:
         log.warning("backend probe unavailable: %s", exc)
@@ -550,3 +556,37 @@ def probe_backends() -> tuple[BackendOption, ...]:
         options.append(BackendOption("backend", name, found, "" if found else f"{module} is not installed"))
     options.append(BackendOption("device", "cuda", False, "CUDA detection is unavailable in this build"))
     return tuple(options)
+
+
+def resolved_device(session: Any, config: EngineConfig) -> str:
+    """"cuda" or "cpu": where `session` renders (a session may say so itself with a `device` attribute)."""
+    told = getattr(session, "device", None)
+    if isinstance(told, str) and told:
+        return "cuda" if told.startswith("cuda") else "cpu"
+    if config.device not in ("", "auto"):
+        return "cuda" if config.device.startswith("cuda") else "cpu"
+    if importlib.util.find_spec("torch") is None:
+        return "cpu"
+    import torch  # on the worker thread: the session loads it for its first render anyway
+
+    return "cuda" if torch.cuda.is_available() else "cpu"
+
+
+def face_analysis() -> tuple[Any, Any]:
+    """The engine's face tracker and quality modules (dlib; call off the GUI thread)."""
+    from engine.faces import quality, track
+
+    return track, quality
+
+
+def capture_backend(kind: str) -> Any:
+    """The engine's capture module for "webcam" or "files" (OpenCV; raises ImportError without it)."""
+    if kind == "webcam":
+        from engine.capture import webcam
+
+        return webcam
+    if kind == "files":
+        from engine.capture import files
+
+        return files
+    raise ValueError(f"unknown capture backend {kind!r}")

@@ -18,10 +18,10 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
-from PySide6.QtCore import QObject, Signal
 
 from desktop.camera.sources import read_image_rgb
 from desktop.imaging import encode_png, thumbnail
+from desktop.viewmodel.events import Event
 from engine.api import Identity
 from engine.errors import StorageError
 from engine.fileio import atomic_write_bytes
@@ -51,14 +51,12 @@ def mix_identities(a: Identity, b: Identity, t: float, name: str = "") -> Identi
                     info={"mix": [a.id, b.id, t]})
 
 
-class IdentityLibrary(QObject):
+class IdentityLibrary:
     """Identities on disk, in creation order; signals report every change."""
 
-    changed = Signal()
-    undo_available = Signal(bool)
-
-    def __init__(self, root: Path, parent: QObject | None = None) -> None:
-        super().__init__(parent)
+    def __init__(self, root: Path) -> None:
+        self.changed = Event()
+        self.undo_available = Event()  # (bool)
         self.root = Path(root)
         self._entries: list[IdentityEntry] = []
         self._deleted: list[tuple[int, IdentityEntry, Path | None]] = []

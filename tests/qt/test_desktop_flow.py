@@ -191,7 +191,7 @@ def test_missing_models_show_the_guidance_and_the_camera_still_works(qtbot, make
     dlg = app.window._models_dialog
     statuses = [dlg.model.item(r, 1).text() for r in range(dlg.model.rowCount())]
     assert sum("missing" in s for s in statuses) == 1
-    assert len(statuses) == 3
+    assert len(statuses) == 4
     assert "1 required model" in dlg.summary.text()
     dlg.close()
     # camera keeps working
