@@ -335,10 +335,6 @@ class EngineClient(QObject):
     def busy(self) -> bool:
         return self._busy
 
-    @property
-    def dropped_renders(self) -> int:
-        return self._box.dropped["render"]
-
     # -- worker side ----------------------------------------------------------------------------
     def _set_busy(self, busy: bool) -> None:
         if busy != self._busy:

@@ -171,10 +171,6 @@ class IdentityLibrary:
         self.undo_available.emit(bool(self._deleted))
         return entry
 
-    @property
-    def can_undo_delete(self) -> bool:
-        return bool(self._deleted)
-
     def purge_trash(self) -> None:
         shutil.rmtree(self.root / ".trash", ignore_errors=True)
         self._deleted.clear()

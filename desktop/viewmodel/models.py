@@ -68,10 +68,12 @@ class ModelsReport:
             return ""
         if self.problem:
             return "⚠ the models could not be checked"
+        parts = []
         if self.missing_required:
-            return f"⚠ {len(self.missing_required)} required model(s) missing"
-        names = ", ".join(s.id for s in self.missing_optional)
-        return f"{names} missing (optional)"
+            parts.append(f"⚠ {', '.join(s.id for s in self.missing_required)} missing")
+        if self.missing_optional:
+            parts.append(f"{', '.join(s.id for s in self.missing_optional)} missing (optional)")
+        return " · ".join(parts)
 
 
 def models_report(states: Any) -> ModelsReport:

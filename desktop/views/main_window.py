@@ -400,7 +400,7 @@ class MainWindow(QMainWindow):
         if busy:
             self.result_view.show_guidance(False)  # the guidance never covers a render in progress
             self.status_state.setText("Generating…")
-        elif not self.studio.cancelling:
+        elif self.status_state.text() == "Generating…":  # keep what the studio said (cancelled, shown)
             self.status_state.setText("Ready.")
 
     def _on_cancelling(self, _on: bool) -> None:

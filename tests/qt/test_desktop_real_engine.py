@@ -9,11 +9,6 @@ tiny = pytest.importorskip(
     "engine.testing.tiny", reason="engine.testing.tiny (engineer B's tiny SD1.5 + adapter factory) is not there yet")
 
 
-@pytest.fixture(scope="module")
-def tiny_models(tmp_path_factory):
-    return tiny.cached_tiny_models(tmp_path_factory.getbasetemp())  # shared by the real-engine Qt tests
-
-
 def test_real_engine_renders_an_image_into_the_window(qtbot, make_app, tiny_models):
     from engine.api import Identity
 
