@@ -166,9 +166,8 @@ class GenerationPanel(QWidget):
         w, h = self.size.currentData()
         self.state.update(width=int(w), height=int(h))
 
-    def _on_state(self, s: GenerationSettings, what: str) -> None:
-        if what in ("*", "*restore", "seed", "live"):
-            self.show_settings(s)
+    def _on_state(self, s: GenerationSettings, _what: str) -> None:
+        self.show_settings(s)  # any change, also from a restore, a draft seed or a script
 
     def show_settings(self, s: GenerationSettings) -> None:
         """Put `s` into the widgets without echoing changes back."""

@@ -62,8 +62,11 @@ class ModelsGuidance(QWidget):
 
     def set_report(self, folder: str, report: ModelsReport) -> None:
         """Say what works now, and what each missing file costs (required ones first)."""
+        def where(path: str) -> str:  # relative to the models folder: where to put the file
+            return path[len(folder):].lstrip("/\\") if path.startswith(folder) else path
+
         def items(states) -> str:
-            return "".join(f"<li><b>{html.escape(m.id)}</b> ({html.escape(m.path)}, {m.status.value}): "
+            return "".join(f"<li><b>{html.escape(m.id)}</b> ({html.escape(where(m.path))}, {m.status.value}): "
                            f"{html.escape(report.cost(m))}</li>" for m in states)
 
         self.title.setText("Generation needs more model files" if not report.can_generate
