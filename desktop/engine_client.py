@@ -520,7 +520,13 @@ class EngineClient(QObject):
             self.failed.emit(job.gen, FailureInfo.from_exception("encode", exc))
 
     def _probe_backends(self) -> None:
-        self.backends_ready.emit(probe_backends())
+        options = probe_backends()  # may import torch: seconds on a loaded machine
+        if self._closed:  # the app quit meanwhile: nobody listens, and the QObject may be gone
+            return
+        try:
+            self.backends_ready.emit(options)
+        except RuntimeError:  # deleted between the check and the emit
+            log.info("backend probe finished after the app closed")
 
 
 def probe_backends() -> tuple[BackendOption, ...]:

@@ -52,4 +52,4 @@ class Timer(Protocol):
     def is_active(self) -> bool: ...
 
 
-TimerFactory = Callable[[Callable[[], None]], Timer]
+TimerFactory = Callable[[Callable[[], object]], Timer]

@@ -17,7 +17,7 @@ class Throttle:
         clock: seconds, monotonic (tests pass a manual clock).
     """
 
-    def __init__(self, fn: Callable[[], None], interval_ms: int, timer: TimerFactory,
+    def __init__(self, fn: Callable[[], object], interval_ms: int, timer: TimerFactory,
                  clock: Callable[[], float] = time.monotonic) -> None:
         self._fn = fn
         self._interval = interval_ms

@@ -20,7 +20,7 @@ from desktop.viewmodel.studio import StudioState
 class QtTimer:
     """`desktop.viewmodel.events.Timer` on a single-shot QTimer."""
 
-    def __init__(self, callback: Callable[[], None], parent: QObject | None = None) -> None:
+    def __init__(self, callback: Callable[[], object], parent: QObject | None = None) -> None:
         self._timer = QTimer(parent)
         self._timer.setSingleShot(True)
         self._timer.timeout.connect(callback)
@@ -35,7 +35,7 @@ class QtTimer:
         return self._timer.isActive()
 
 
-def qt_timer(callback: Callable[[], None]) -> QtTimer:
+def qt_timer(callback: Callable[[], object]) -> QtTimer:
     return QtTimer(callback)
 
 

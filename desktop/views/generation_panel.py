@@ -95,6 +95,7 @@ class GenerationPanel(QWidget):
         self.refine.setEnabled(False)
         self.cancel = QPushButton("Cancel")
         self.cancel.setToolTip("Cancel (Esc)")
+        self.cancel.setMinimumWidth(self.cancel.fontMetrics().horizontalAdvance("Cancelling…") + 30)
         self.cancel.setEnabled(False)
 
         seed_row = QHBoxLayout()

@@ -400,8 +400,10 @@ class MainWindow(QMainWindow):
         if busy:
             self.result_view.show_guidance(False)  # the guidance never covers a render in progress
             self.status_state.setText("Generating…")
-        elif self.status_state.text() == "Generating…":  # keep what the studio said (cancelled, shown)
-            self.status_state.setText("Ready.")
+        else:
+            self._update_guidance()
+            if self.status_state.text() == "Generating…":  # keep what the studio said (cancelled, shown)
+                self.status_state.setText("Ready.")
 
     def _on_cancelling(self, _on: bool) -> None:
         self._update_buttons()

@@ -197,10 +197,16 @@ def test_missing_models_show_the_guidance_and_the_camera_still_works(qtbot, make
     # camera keeps working
     app.camera.start("synthetic")
     qtbot.waitUntil(lambda: app.window.camera_panel.view.has_image, timeout=5000)
-    # generating explains the problem in the banner instead of failing silently
+    # generating explains the problem in the banner instead of failing silently; the guidance never
+    # covers a render while it runs, and comes back once nothing runs and nothing is shown
+    covered: list[bool] = []
+    app.studio.busy_changed.connect(lambda busy: busy and covered.append(rv.stack.currentWidget() is rv.guidance))
     app.studio.generate()
     qtbot.waitUntil(lambda: app.window.banner.isVisible(), timeout=5000)
     assert "missing" in app.window.banner.message.text()
+    assert covered == [False]
+    qtbot.waitUntil(lambda: not app.studio.busy, timeout=5000)
+    assert rv.stack.currentWidget() is rv.guidance
     app.camera.stop()
 
 
