@@ -117,6 +117,7 @@ class GenerationPanel(QWidget):
         live_row.addWidget(self.live_steps)
         live_row.addStretch(1)
         form = QFormLayout()
+        self.form = form  # more rows (face restoration, LoRAs, …) go here: the buttons stay last
         form.setLabelAlignment(Qt.AlignmentFlag.AlignRight)
         form.setHorizontalSpacing(10)
         form.setVerticalSpacing(6)
