@@ -19,7 +19,6 @@ import logging
 import queue
 import threading
 import time
-import traceback
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -29,10 +28,11 @@ import numpy as np
 from PySide6.QtCore import QObject, Signal
 
 from desktop.coalesce import CLOSED, Mailbox
+from desktop.viewmodel.reports import BackendOption, FailureInfo
 from engine.api import EditState, EngineSession, GenerateRequest, Identity, ModelState, Progress
 from engine.cancel import CancelToken
 from engine.config import EngineConfig
-from engine.errors import Cancelled, EngineError
+from engine.errors import Cancelled
 
 log = logging.getLogger(__name__)
 
@@ -95,36 +95,6 @@ class _Call:
 
     tag: str
     fn: Callable[[EngineSession], Any]
-
-
-@dataclass(frozen=True)
-class BackendOption:
-    """One backend/device choice and why it cannot be used (empty `reason` when it can)."""
-
-    kind: str  # "backend" or "device"
-    name: str
-    available: bool
-    reason: str = ""
-
-
-@dataclass(frozen=True)
-class FailureInfo:
-    """An error as the GUI shows it: a message, a hint, and the technical details."""
-
-    where: str
-    message: str
-    hint: str
-    details: str
-    exception_type: str
-
-    @classmethod
-    def from_exception(cls, where: str, exc: BaseException) -> FailureInfo:
-        if isinstance(exc, EngineError):
-            message, hint = exc.user_message, exc.hint
-        else:
-            message, hint = f"{type(exc).__name__}: {exc}", "See the log file for details (Help ▸ Open log folder)."
-        details = "".join(traceback.format_exception(type(exc), exc, exc.__traceback__))
-        return cls(where, message, hint, details, type(exc).__name__)
 
 
 class EngineClient(QObject):

@@ -19,12 +19,12 @@ from typing import Any
 
 import numpy as np
 
-from desktop.camera.sources import read_image_rgb
-from desktop.imaging import encode_png, thumbnail
 from desktop.viewmodel.events import Event
+from desktop.viewmodel.pictures import encode_png, thumbnail
 from engine.api import Identity
 from engine.errors import StorageError
 from engine.fileio import atomic_write_bytes
+from engine.images import load_image
 
 log = logging.getLogger(__name__)
 
@@ -81,8 +81,8 @@ class IdentityLibrary:
     def _read(folder: Path) -> IdentityEntry:
         meta = json.loads((folder / "meta.json").read_text("utf-8"))
         wplus = np.load(folder / "wplus.npy", allow_pickle=False)
-        face = read_image_rgb(folder / "face.png") if (folder / "face.png").exists() else None
-        thumb = read_image_rgb(folder / "thumb.png") if (folder / "thumb.png").exists() else None
+        face = load_image(folder / "face.png") if (folder / "face.png").exists() else None
+        thumb = load_image(folder / "thumb.png") if (folder / "thumb.png").exists() else None
         ident = Identity(id=folder.name, name=str(meta.get("name", folder.name)), wplus=wplus,
                          aligned_face=face, source=str(meta.get("source", "")), info=meta.get("info", {}))
         return IdentityEntry(ident, thumb, float(meta.get("created", 0.0)), folder)

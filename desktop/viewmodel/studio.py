@@ -17,13 +17,13 @@ from typing import Any
 
 import numpy as np
 
-from desktop.engine_client import FailureInfo
-from desktop.imaging import thumbnail
 from desktop.viewmodel.edits import EditHistory
 from desktop.viewmodel.events import Event, TimerFactory
 from desktop.viewmodel.generation import GenerationSettings, GenerationState, draft_request
 from desktop.viewmodel.identities import IdentityEntry, IdentityLibrary, mix_identities
 from desktop.viewmodel.models import ModelsReport, models_report
+from desktop.viewmodel.pictures import thumbnail
+from desktop.viewmodel.reports import FailureInfo
 from desktop.viewmodel.throttle import Throttle
 from engine.api import EditState, GenerateRequest, Identity, Progress, Result
 

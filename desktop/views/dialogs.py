@@ -22,7 +22,7 @@ from PySide6.QtWidgets import (
     QWidget,
 )
 
-from desktop.engine_client import BackendOption
+from desktop.viewmodel.reports import BackendOption
 from engine.api import ModelState, ModelStatus
 
 STATUS_TEXT = {

@@ -24,8 +24,8 @@ from PySide6.QtWidgets import (
 
 from desktop.camera.controller import CameraController
 from desktop.camera.sources import list_sources
-from desktop.engine_client import BackendOption, FailureInfo
 from desktop.viewmodel.capture import BURST_FRAMES, IMAGE_SUFFIXES, CaptureController
+from desktop.viewmodel.reports import BackendOption, FailureInfo
 from desktop.viewmodel.studio import StudioState
 from desktop.views.camera_panel import CameraPanel
 from desktop.views.dialogs import LicenceDialog, ModelsDialog

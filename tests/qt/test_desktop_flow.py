@@ -160,7 +160,7 @@ def test_dropping_a_saved_png_restores_its_settings(qtbot, make_app, tmp_path):
 
 
 def test_dropping_a_plain_photo_captures_an_identity(qtbot, make_app, tmp_path):
-    from desktop.imaging import encode_png
+    from desktop.viewmodel.pictures import encode_png
 
     app = make_app(FakeSession())
     photo = tmp_path / "grace.png"

@@ -97,15 +97,13 @@ def _result(request) -> Result:
     return Result(request, (np.full((request.height, request.width, 3), 7, np.uint8),), (request.seed,))
 
 
-def test_no_qapplication_is_needed(tmp_path):
+def test_the_view_models_run_without_qt(tmp_path):
     code = (
         "from pathlib import Path; import tempfile\n"
         "from tests.qt.test_desktop_viewmodels import _studio\n"
         "studio, client, _ = _studio(Path(tempfile.mkdtemp()))\n"
         "studio.generate(); studio.draft()\n"
-        "from PySide6.QtCore import QCoreApplication\n"
-        "assert QCoreApplication.instance() is None\n"
-        "import sys; print('PySide6.QtWidgets' in sys.modules, len(client.renders))"
+        "import sys; print('PySide6' in sys.modules, len(client.renders))"
     )
     out = subprocess.run([sys.executable, "-c", code], cwd=REPO, capture_output=True, text=True, timeout=120)
     assert out.returncode == 0, out.stderr
