@@ -9,6 +9,9 @@ from pathlib import Path
 
 def build_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(prog="wplus-studio", description="W+ Studio: personalised Stable Diffusion 1.5.")
+    p.add_argument("files", nargs="*", type=Path, metavar="FILE",
+                   help="a photo to capture (after the consent note) or one of our PNGs to restore its settings; "
+                        "relative to the current directory")
     p.add_argument("--models-dir", type=Path, default=None, help="the models folder (overrides settings)")
     p.add_argument("--self-test", action="store_true", help="check the installation and exit")
     p.add_argument("--debug", action="store_true", help="verbose log file")
@@ -24,7 +27,8 @@ def main(argv: list[str] | None = None) -> int:
         return int(run_self_test())
     from desktop.app import AppOptions, run
 
-    return run(AppOptions(models_dir=args.models_dir, debug=args.debug))
+    files = tuple(f.absolute() for f in args.files)  # before anything could change the current directory
+    return run(AppOptions(models_dir=args.models_dir, debug=args.debug, open_files=files))
 
 
 if __name__ == "__main__":

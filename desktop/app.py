@@ -20,10 +20,12 @@ from desktop.camera.controller import AnalyzerFactory, CameraController
 from desktop.engine_client import EngineClient, SessionFactory
 from desktop.logs import APP_NAME, default_log_dir, setup_logging
 from desktop.qtcompat import binding_leaks_references
+from desktop.viewmodel.capture import CaptureController, ConsentGate
 from desktop.viewmodel.edits import EditHistory
 from desktop.viewmodel.generation import GenerationSettings, GenerationState
 from desktop.viewmodel.identities import IdentityLibrary
 from desktop.viewmodel.studio import StudioState
+from desktop.views.binding import EngineBinding, qt_timer
 from desktop.views.main_window import AppPaths, MainWindow
 from engine.config import EngineConfig
 from engine.models.folder import resolve_models_dir
@@ -52,6 +54,7 @@ class AppOptions:
     start_engine: bool = True
     check_binding: bool = True
     preload_faces: bool = True
+    open_files: tuple[Path, ...] = ()  # photos or our PNGs to open at start (positional arguments)
 
 
 def open_settings(path: Path | None) -> QSettings:
@@ -101,9 +104,11 @@ class StudioApp:
         problems = self.library.load()
         self.edits = EditHistory()
         self.generation = GenerationState(GenerationSettings.load(self.settings))
-        self.studio = StudioState(self.client, self.library, self.edits, self.generation)
+        self.studio = StudioState(self.client, self.library, self.edits, self.generation, qt_timer)
+        self.captures = CaptureController(self.studio, self.client, self.camera, ConsentGate(self.settings), qt_timer)
+        self.binding = EngineBinding(self.client, self.studio, self.captures)
         self.paths = AppPaths(models_dir, reason, self.log_dir, data_dir / "identities")
-        self.window = MainWindow(self.studio, self.camera, self.settings, self.paths)
+        self.window = MainWindow(self.studio, self.captures, self.camera, self.settings, self.paths)
         self.window.models_apply_requested.connect(self.apply_models)
         for p in problems:
             self.window.banner.show_error(f"An identity could not be read: {p}", "It was skipped.")
@@ -123,6 +128,17 @@ class StudioApp:
             # dlib's landmark model load holds the GIL for 0.5–1 s: pay it while the window appears,
             # not when the user starts the camera
             self.camera.preload()
+
+    def open_files(self, paths: list[str]) -> None:
+        """Files given on the command line or by "Open with…": photos are captured (after consent), our
+        PNGs restore their settings. Only the first is opened (one identity at a time); the rest are named."""
+        if not paths:
+            return
+        self.captures.open_path(paths[0])
+        if len(paths) > 1:
+            log.info("opened %s; ignored %s", paths[0], paths[1:])
+            self.window.status_state.setText(f"Opened {Path(paths[0]).name}; {len(paths) - 1} more file(s) ignored "
+                                             "(one photo at a time).")
 
     def apply_models(self, folder: str, backend: str, device: str) -> None:
         """Reopen the session with another models folder, backend or device (Models dialog)."""
@@ -151,6 +167,7 @@ def run(options: AppOptions) -> int:
     qapp = QApplication.instance() or QApplication(sys.argv[:1])
     app = StudioApp(options, qapp)
     app.window.show()
+    app.open_files([str(p) for p in options.open_files])
     try:
         return int(qapp.exec())
     finally:

@@ -5,20 +5,20 @@ the latest-wins mailbox that feeds it, a small I/O thread for saving and reading
 signals that carry results back. Results are emitted from worker threads and therefore reach widgets
 through queued connections only; the GUI thread never waits on inference.
 
-This is the only desktop module that may import `engine.session` (lazily, on the worker thread), and
-the only place where a fake session may be injected (`session_factory`).
+This is the only desktop module that may import the engine's heavy parts (`engine.session`, the face
+tracker, the capture back-ends, the PNG metadata; lazily, off the GUI thread where they are slow), and
+the only place where a fake session may be injected (`session_factory`). The import-linter contract
+"The desktop reaches the heavy runtimes only through the bridge" (pyproject.toml) holds everyone else to it.
 """
 
 from __future__ import annotations
 
-import importlib
 import importlib.util
 import itertools
 import logging
 import queue
 import threading
 import time
-import traceback
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -27,11 +27,12 @@ from typing import Any
 import numpy as np
 from PySide6.QtCore import QObject, Signal
 
+from desktop.viewmodel.reports import BackendOption, FailureInfo
 from engine.api import EditState, EngineSession, GenerateRequest, Identity, ModelState, Progress
 from engine.cancel import CancelToken
 from engine.coalesce import CLOSED, Mailbox
 from engine.config import EngineConfig
-from engine.errors import Cancelled, EngineError
+from engine.errors import Cancelled
 
 log = logging.getLogger(__name__)
 
@@ -96,36 +97,6 @@ class _Call:
     fn: Callable[[EngineSession], Any]
 
 
-@dataclass(frozen=True)
-class BackendOption:
-    """One backend/device choice and why it cannot be used (empty `reason` when it can)."""
-
-    kind: str  # "backend" or "device"
-    name: str
-    available: bool
-    reason: str = ""
-
-
-@dataclass(frozen=True)
-class FailureInfo:
-    """An error as the GUI shows it: a message, a hint, and the technical details."""
-
-    where: str
-    message: str
-    hint: str
-    details: str
-    exception_type: str
-
-    @classmethod
-    def from_exception(cls, where: str, exc: BaseException) -> FailureInfo:
-        if isinstance(exc, EngineError):
-            message, hint = exc.user_message, exc.hint
-        else:
-            message, hint = f"{type(exc).__name__}: {exc}", "See the log file for details (Help ▸ Open log folder)."
-        details = "".join(traceback.format_exception(type(exc), exc, exc.__traceback__))
-        return cls(where, message, hint, details, type(exc).__name__)
-
-
 class EngineClient(QObject):
     """Feeds one inference worker through latest-wins slots and reports back through signals.
 
@@ -157,6 +128,7 @@ class EngineClient(QObject):
     request_failed = Signal(str, object)  # path, FailureInfo (not one of our PNGs, or unreadable)
     image_loaded = Signal(str, object)  # path, uint8 RGB
     call_done = Signal(str, object)
+    device_resolved = Signal(str)  # "cpu" or "cuda": where this session renders
 
     def __init__(
         self,
@@ -334,10 +306,6 @@ class EngineClient(QObject):
     def busy(self) -> bool:
         return self._busy
 
-    @property
-    def dropped_renders(self) -> int:
-        return self._box.dropped["render"]
-
     # -- worker side ----------------------------------------------------------------------------
     def _set_busy(self, busy: bool) -> None:
         if busy != self._busy:
@@ -346,7 +314,9 @@ class EngineClient(QObject):
 
     def _meta(self) -> Any:
         if self._metadata is None:
-            self._metadata = importlib.import_module("engine.pipeline.metadata")
+            from engine.pipeline import metadata
+
+            self._metadata = metadata
         return self._metadata
 
     def _guard(self, where: str, fn: Callable[[], None]) -> Callable[[], None]:
@@ -425,6 +395,7 @@ class EngineClient(QObject):
             log.exception("checking the models failed")
             states = exc
         self.models_checked.emit(states)
+        self.device_resolved.emit(resolved_device(self._session, config))
         try:
             self.catalog_ready.emit(tuple(self._session.catalog()))
         except Exception as exc:
@@ -520,7 +491,13 @@ class EngineClient(QObject):
             self.failed.emit(job.gen, FailureInfo.from_exception("encode", exc))
 
     def _probe_backends(self) -> None:
-        self.backends_ready.emit(probe_backends())
+        options = probe_backends()  # may import torch: seconds on a loaded machine
+        if self._closed:  # the app quit meanwhile: nobody listens, and the QObject may be gone
+            return
+        try:
+            self.backends_ready.emit(options)
+        except RuntimeError:  # deleted between the check and the emit
+            log.info("backend probe finished after the app closed")
 
 
 def probe_backends() -> tuple[BackendOption, ...]:
@@ -534,7 +511,8 @@ def probe_backends() -> tuple[BackendOption, ...]:
                BackendOption("device", "auto", True, "CUDA when available, else CPU"),
                BackendOption("device", "cpu", True)]
     try:
-        select = importlib.import_module("engine.backends.select")
+        from engine.backends import select
+
         report = select.probe()
     except Exception as exc:
         log.warning("backend probe unavailable: %s", exc)
@@ -551,3 +529,37 @@ def probe_backends() -> tuple[BackendOption, ...]:
         options.append(BackendOption("backend", name, found, "" if found else f"{module} is not installed"))
     options.append(BackendOption("device", "cuda", False, "CUDA detection is unavailable in this build"))
     return tuple(options)
+
+
+def resolved_device(session: Any, config: EngineConfig) -> str:
+    """"cuda" or "cpu": where `session` renders (a session may say so itself with a `device` attribute)."""
+    told = getattr(session, "device", None)
+    if isinstance(told, str) and told:
+        return "cuda" if told.startswith("cuda") else "cpu"
+    if config.device not in ("", "auto"):
+        return "cuda" if config.device.startswith("cuda") else "cpu"
+    if importlib.util.find_spec("torch") is None:
+        return "cpu"
+    import torch  # on the worker thread: the session loads it for its first render anyway
+
+    return "cuda" if torch.cuda.is_available() else "cpu"
+
+
+def face_analysis() -> tuple[Any, Any]:
+    """The engine's face tracker and quality modules (dlib; call off the GUI thread)."""
+    from engine.faces import quality, track
+
+    return track, quality
+
+
+def capture_backend(kind: str) -> Any:
+    """The engine's capture module for "webcam" or "files" (OpenCV; raises ImportError without it)."""
+    if kind == "webcam":
+        from engine.capture import webcam
+
+        return webcam
+    if kind == "files":
+        from engine.capture import files
+
+        return files
+    raise ValueError(f"unknown capture backend {kind!r}")

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import numpy as np
-from PySide6.QtCore import QBuffer, QByteArray, QIODevice, Qt
 from PySide6.QtGui import QImage, QPixmap
 
 
@@ -22,21 +21,3 @@ def rgb_to_qimage(arr: np.ndarray) -> QImage:
 
 def rgb_to_pixmap(arr: np.ndarray) -> QPixmap:
     return QPixmap.fromImage(rgb_to_qimage(arr))
-
-
-def encode_png(arr: np.ndarray) -> bytes:
-    ba = QByteArray()
-    buf = QBuffer(ba)
-    buf.open(QIODevice.OpenModeFlag.WriteOnly)
-    rgb_to_qimage(arr).save(buf, "PNG")
-    buf.close()
-    return bytes(ba.data())
-
-
-def thumbnail(arr: np.ndarray, size: int = 128) -> np.ndarray:
-    """A square-fitted thumbnail as RGB uint8."""
-    from desktop.camera.sources import qimage_to_rgb
-
-    img = rgb_to_qimage(arr).scaled(size, size, Qt.AspectRatioMode.KeepAspectRatio,
-                                    Qt.TransformationMode.SmoothTransformation)
-    return qimage_to_rgb(img.convertToFormat(QImage.Format.Format_RGB888))

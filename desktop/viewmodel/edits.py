@@ -2,23 +2,20 @@
 
 from __future__ import annotations
 
-from PySide6.QtCore import QObject, Signal
-
+from desktop.viewmodel.events import Event
 from engine.api import EditState
 
 
-class EditHistory(QObject):
+class EditHistory:
     """Current `EditState` plus undo/redo stacks.
 
     `set_value(..., transient=True)` moves the current state without recording (a slider drag);
     `commit()` records the change since the last committed state as one undo step.
     """
 
-    changed = Signal(object, bool)  # EditState, transient
-    history_changed = Signal()
-
-    def __init__(self, limit: int = 200, parent: QObject | None = None) -> None:
-        super().__init__(parent)
+    def __init__(self, limit: int = 200) -> None:
+        self.changed = Event()  # (EditState, transient)
+        self.history_changed = Event()
         self._state = EditState()
         self._committed = EditState()
         self._undo: list[EditState] = []

@@ -6,9 +6,12 @@ import random
 from dataclasses import asdict, dataclass, fields, replace
 from typing import Any
 
-from PySide6.QtCore import QObject, QSettings, Signal
-
+from desktop.viewmodel.events import Event
 from engine.api import DEFAULT_NEGATIVE_PROMPT, DEFAULT_PROMPT, EditState, GenerateRequest, Scheduler
+
+# The draft preset (one click on slow machines): half the size and at most this many steps, one picture,
+# with the same seed, identity, prompt and edits; Refine renders the same request at full settings.
+DRAFT_STEPS = 12
 
 SIZES = ((512, 512), (512, 640), (640, 512), (512, 768), (768, 512), (640, 640), (768, 768))
 
@@ -51,14 +54,14 @@ class GenerationSettings:
                        scheduler=Scheduler(req.scheduler).value, scale=req.scale, start_ratio=req.start_ratio,
                        width=req.width, height=req.height, n=req.n)
 
-    def save(self, settings: QSettings) -> None:
+    def save(self, settings: Any) -> None:
         settings.beginGroup("generation")
         for k, v in asdict(self).items():
             settings.setValue(k, v)
         settings.endGroup()
 
     @classmethod
-    def load(cls, settings: QSettings) -> GenerationSettings:
+    def load(cls, settings: Any) -> GenerationSettings:
         """Read saved values; unknown or broken ones fall back to the defaults."""
         default = cls()
         values: dict[str, Any] = {}
@@ -81,13 +84,21 @@ class GenerationSettings:
             return default
 
 
-class GenerationState(QObject):
+def draft_request(full: GenerateRequest) -> GenerateRequest:
+    """The draft of `full`: each side halved (a multiple of 64, at least 64), ≤ DRAFT_STEPS steps, one picture."""
+
+    def half(side: int) -> int:
+        return max(64, side // 2 // 64 * 64)
+
+    return replace(full, width=min(full.width, half(full.width)), height=min(full.height, half(full.height)),
+                   steps=min(full.steps, DRAFT_STEPS), n=1)
+
+
+class GenerationState:
     """Holds the current `GenerationSettings`; `changed(settings, field_name)` on every edit."""
 
-    changed = Signal(object, str)
-
-    def __init__(self, settings: GenerationSettings | None = None, parent: QObject | None = None) -> None:
-        super().__init__(parent)
+    def __init__(self, settings: GenerationSettings | None = None) -> None:
+        self.changed = Event()  # (GenerationSettings, what changed: field names, "*" or "*restore")
         self._s = settings or GenerationSettings()
 
     @property

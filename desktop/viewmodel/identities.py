@@ -18,9 +18,9 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
-from PySide6.QtCore import QObject, Signal
 
-from desktop.imaging import encode_png, thumbnail
+from desktop.viewmodel.events import Event
+from desktop.viewmodel.pictures import encode_png, thumbnail
 from engine.api import Identity
 from engine.edits.directions import interpolate
 from engine.errors import StorageError
@@ -56,14 +56,12 @@ def mix_identities(a: Identity, b: Identity, t: float, name: str = "") -> Identi
                     info={"mix": [a.id, b.id, t]})
 
 
-class IdentityLibrary(QObject):
+class IdentityLibrary:
     """Identities on disk, in creation order; signals report every change."""
 
-    changed = Signal()
-    undo_available = Signal(bool)
-
-    def __init__(self, root: Path, parent: QObject | None = None) -> None:
-        super().__init__(parent)
+    def __init__(self, root: Path) -> None:
+        self.changed = Event()
+        self.undo_available = Event()  # (bool)
         self.root = Path(root)
         self._entries: list[IdentityEntry] = []
         self._deleted: list[tuple[int, IdentityEntry, Path | None]] = []
@@ -177,10 +175,6 @@ class IdentityLibrary(QObject):
         self.changed.emit()
         self.undo_available.emit(bool(self._deleted))
         return entry
-
-    @property
-    def can_undo_delete(self) -> bool:
-        return bool(self._deleted)
 
     def purge_trash(self) -> None:
         shutil.rmtree(self.root / ".trash", ignore_errors=True)

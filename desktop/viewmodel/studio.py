@@ -1,27 +1,31 @@
-"""The studio's state and flow: identity, edits, settings, results, history — no widgets.
+"""The studio's state and flow: identity, edits, settings, results, history — no widgets, no Qt.
 
-It turns GUI intents (generate, move a slider, capture, restore a PNG) into immutable requests for
-the bridge, and turns the bridge's signals back into what the views show, keeping only the newest
-result (generation numbers) so a stale render can never replace a newer one.
+It turns GUI intents (generate, draft, refine, cancel, move a slider, capture, restore a PNG) into
+immutable requests for the bridge, and turns the bridge's reports (delivered on the GUI thread by
+`desktop.views.binding`) back into what the views show, keeping only the newest result (generation
+numbers) so a stale render can never replace a newer one. Observers connect to its `Event`s.
 """
 
 from __future__ import annotations
 
 import logging
-from dataclasses import dataclass, field
+import time
+from collections.abc import Callable
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any
 
 import numpy as np
-from PySide6.QtCore import QObject, QTimer, Signal
 
-from desktop.engine_client import EngineClient, FailureInfo
-from desktop.imaging import thumbnail
 from desktop.viewmodel.edits import EditHistory
-from desktop.viewmodel.generation import GenerationSettings, GenerationState
+from desktop.viewmodel.events import Event, TimerFactory
+from desktop.viewmodel.generation import GenerationSettings, GenerationState, draft_request
 from desktop.viewmodel.identities import IdentityEntry, IdentityLibrary, mix_identities
+from desktop.viewmodel.models import ModelsReport, models_report
+from desktop.viewmodel.pictures import thumbnail
+from desktop.viewmodel.reports import FailureInfo
 from desktop.viewmodel.throttle import Throttle
-from engine.api import EditState, GenerateRequest, Identity, ModelState, ModelStatus, Progress, Result
+from engine.api import EditState, GenerateRequest, Identity, Progress, Result
 
 log = logging.getLogger(__name__)
 
@@ -41,7 +45,10 @@ PREVIEW_CAPTIONS = {"exact": "e4e reconstruction", "exact_edited": "e4e · edite
 
 @dataclass(frozen=True, eq=False)
 class HistoryEntry:
-    """One generated image with everything needed to restore its state."""
+    """One generated image with everything needed to restore its state.
+
+    `draft_of` is set on a draft: the full-settings request that Refine renders (same seed and identity).
+    """
 
     gen: int
     result: Result
@@ -49,6 +56,7 @@ class HistoryEntry:
     thumb: np.ndarray
     identity_id: str = ""
     likeness: list[float] = field(default_factory=list)  # filled later (list: the entry stays frozen)
+    draft_of: GenerateRequest | None = None
 
     @property
     def image(self) -> np.ndarray:
@@ -62,41 +70,64 @@ class HistoryEntry:
     def seed(self) -> int:
         return self.result.seeds[self.index] if self.index < len(self.result.seeds) else self.request.seed
 
-
-def models_ready(states: Any) -> bool:
-    """True when every required model is present and not corrupt."""
-    if not isinstance(states, tuple):
-        return False
-    return all(s.status in (ModelStatus.OK, ModelStatus.UNVERIFIED) for s in states if s.required)
+    @property
+    def is_draft(self) -> bool:
+        return self.draft_of is not None
 
 
-class StudioState(QObject):
-    """Connects the view models to the engine bridge."""
+def describe_shown(entry: HistoryEntry | None) -> str:
+    """The status bar's line about what the result area shows (draft or full render, and its settings)."""
+    if entry is None:
+        return ""
+    r = entry.request
+    what = f"{r.width}×{r.height}, {r.steps} steps, seed {entry.seed}"
+    if entry.draft_of is not None:
+        f = entry.draft_of
+        return (f"Showing a draft ({what}). Refine renders the same picture at full settings "
+                f"({f.width}×{f.height}, {f.steps} steps).")
+    return f"Showing the full render ({what})."
 
-    identity_changed = Signal(object)  # IdentityEntry | None
-    face_preview_changed = Signal(object)  # uint8 RGB
-    face_preview_caption = Signal(str)  # what the preview shows (PREVIEW_CAPTIONS), emitted before the image
-    result_shown = Signal(object)  # HistoryEntry | None (live results come as a transient entry)
-    step_preview = Signal(object)  # uint8 RGB
-    progress_changed = Signal(object)  # Progress | None
-    likeness_changed = Signal(object)  # float | None
-    history_changed = Signal()
-    busy_changed = Signal(bool)
-    encoding_changed = Signal(bool)
-    error = Signal(object)  # FailureInfo
-    models_changed = Signal(object)  # tuple[ModelState, ...] | Exception
-    catalog_changed = Signal(object)  # tuple[SliderSpec, ...]
-    timings_changed = Signal(object)  # Mapping[str, float]
-    status_message = Signal(str)
-    ab_changed = Signal(bool)
 
-    def __init__(self, client: EngineClient, library: IdentityLibrary, edits: EditHistory,
-                 generation: GenerationState, parent: QObject | None = None) -> None:
-        super().__init__(parent)
+class StudioState:
+    """Connects the view models to the engine bridge.
+
+    Args:
+        client: the bridge (`desktop.engine_client.EngineClient`); only its request methods are called
+            here: its reports arrive through the `on_*` methods (see `desktop.views.binding`).
+        timer: makes single-shot timers (`desktop.views.binding.qt_timer` in the app; a manual one in tests).
+        clock: monotonic seconds for the throttles.
+    """
+
+    def __init__(self, client: Any, library: IdentityLibrary, edits: EditHistory, generation: GenerationState,
+                 timer: TimerFactory, clock: Callable[[], float] = time.monotonic) -> None:
         self.client = client
         self.library = library
         self.edits = edits
         self.generation = generation
+        self.identity_changed = Event()  # IdentityEntry | None
+        self.face_preview_changed = Event()  # uint8 RGB
+        self.face_preview_caption = Event()  # str (PREVIEW_CAPTIONS), emitted before the image
+        self.result_shown = Event()  # HistoryEntry | None (live results come as a transient entry)
+        self.step_preview = Event()  # uint8 RGB
+        self.progress_changed = Event()  # Progress | None
+        self.likeness_changed = Event()  # float | None
+        self.history_changed = Event()
+        self.busy_changed = Event()  # bool
+        self.cancelling_changed = Event()  # bool: a cancel was asked and the render has not stopped yet
+        self.encoding_changed = Event()  # bool
+        self.error = Event()  # FailureInfo
+        self.models_changed = Event()  # tuple[ModelState, ...] | Exception
+        self.models_progress = Event()  # Progress | None while Verify hashes
+        self.catalog_changed = Event()  # tuple[SliderSpec, ...]
+        self.timings_changed = Event()  # Mapping[str, float]
+        self.status_message = Event()  # str
+        self.shown_changed = Event()  # str: describe_shown of the shown entry ("" when none)
+        self.ab_changed = Event()  # bool
+        self.engine_state = Event()  # "starting", "ready", "failed", "closed"
+        self.device_changed = Event()  # "cpu" or "cuda": where renders run
+        self.backends_changed = Event()  # tuple[BackendOption, ...]
+        self.saved = Event()  # path
+
         self.identity: IdentityEntry | None = None
         self.history: list[HistoryEntry] = []
         self.shown: HistoryEntry | None = None
@@ -104,49 +135,51 @@ class StudioState(QObject):
         self.showing_b = False
         self.model_states: Any = None
         self.catalog: tuple = ()
+        self.device = ""  # "" until the engine says
+        self.busy = False
+        self.cancelling = False
         self.results_shown = 0
         self.stale_dropped = 0
         self._newest_shown = 0
         self._newest_render = 0
         self._newest_preview = 0
+        self._last_progress: Progress | None = None
+        self._drafts: dict[int, GenerateRequest] = {}  # gen of a draft render → its full-settings request
         self._preview_kinds: dict[int, str] = {}
         self._dragging = False
         self._encodes: set[int] = set()
-        self._pending_name: dict[int, str] = {}
-        self._preview_throttle = Throttle(self._send_preview, 33, self)
-        self._live_throttle = Throttle(lambda: self._send_render(live=True), 80, self)
-        self._final_timer = QTimer(self)
-        self._final_timer.setSingleShot(True)
-        self._final_timer.setInterval(350)
-        self._final_timer.timeout.connect(lambda: self._send_render(live=False))
+        self._preview_throttle = Throttle(self._send_preview, 33, timer, clock)
+        self._live_throttle = Throttle(lambda: self._send_render(live=True), 80, timer, clock)
+        self._final_timer = timer(lambda: self._send_render())
 
-        client.result_ready.connect(self._on_result)
-        client.progress.connect(self._on_progress)
-        client.cancelled.connect(self._on_cancelled)
-        client.failed.connect(self._on_failed)
-        client.busy_changed.connect(self._on_busy)
-        client.face_preview_ready.connect(self._on_face_preview)
-        client.identity_ready.connect(self._on_identity)
-        client.burst_ready.connect(self._on_burst)
-        client.likeness_ready.connect(self._on_likeness)
-        client.models_checked.connect(self._on_models)
-        client.catalog_ready.connect(self._on_catalog)
         edits.changed.connect(self._on_edits_changed)
         generation.changed.connect(self._on_settings_changed)
 
     # -- properties -----------------------------------------------------------------------------
     @property
+    def models(self) -> ModelsReport:
+        return models_report(self.model_states)
+
+    @property
     def models_ok(self) -> bool:
-        return models_ready(self.model_states)
+        """Every required model is there (optional ones may be missing)."""
+        m = self.models
+        return m.checked and not m.problem and not m.missing_required
 
     @property
     def newest_render_gen(self) -> int:
         return self._newest_render
 
-    def missing_models(self) -> list[ModelState]:
-        if not isinstance(self.model_states, tuple):
-            return []
-        return [s for s in self.model_states if s.required and s.status in (ModelStatus.MISSING, ModelStatus.CORRUPT)]
+    @property
+    def engine_config(self) -> Any:
+        return self.client.config
+
+    # -- models and backends (the views ask here, never the bridge) -----------------------------
+    def verify_models(self) -> None:
+        self.client.check_models(verify=True)
+
+    def probe_backends(self) -> None:
+        self.client.probe_backends()
 
     # -- identities -----------------------------------------------------------------------------
     def select_identity(self, identity_id: str | None) -> None:
@@ -160,7 +193,7 @@ class StudioState(QObject):
             self._dragging = False
             self._request_preview("exact")
             if self.generation.settings.live:
-                self._final_timer.start()
+                self._final_timer.start(350)
 
     def capture(self, frame: np.ndarray, name: str = "") -> int:
         """Encode a camera frame or photo into a new identity (reported by `identity_changed`)."""
@@ -185,13 +218,13 @@ class StudioState(QObject):
         self._set_identity(entry)
         return entry
 
-    def _on_identity(self, gen: int, identity: Identity) -> None:
+    def on_identity(self, gen: int, identity: Identity) -> None:
         self._finish_encode(gen)
         entry = self.library.add(identity)
         self.status_message.emit(f"Captured {entry.identity.name}.")
         self._set_identity(entry)
 
-    def _on_burst(self, gen: int, burst: Any) -> None:
+    def on_burst(self, gen: int, burst: Any) -> None:
         self._finish_encode(gen)
         entry = self.library.add(burst.identity)
         dropped = len(burst.dropped)
@@ -210,32 +243,72 @@ class StudioState(QObject):
             wplus=None if ident is None else ident.wplus, edits=self.edits.state,
             identity_name="" if ident is None else ident.name, live=live)
 
+    def _next_seed(self) -> None:
+        if not self.generation.settings.seed_locked:
+            with self.generation.changed.blocked():
+                self.generation.new_seed()
+            self.generation.changed.emit(self.generation.settings, "seed")
+
     def generate(self) -> int:
         """Render at full quality now (a new seed first unless the seed is locked)."""
+        self._stop_live()
+        self._next_seed()
+        return self._send_render()
+
+    def draft(self) -> int:
+        """Render a quick draft: smaller, fewer steps, one picture, same seed, identity and edits."""
+        self._stop_live()
+        self._next_seed()
+        return self._send_render(draft=True)
+
+    @property
+    def can_refine(self) -> bool:
+        return self.shown is not None and self.shown.draft_of is not None
+
+    def refine(self) -> int:
+        """Render the shown draft's request at full settings (its seed, identity, prompt and edits)."""
+        if self.shown is None or self.shown.draft_of is None:
+            return 0
+        self._stop_live()
+        full = replace(self.shown.draft_of, seed=self.shown.seed)
+        return self._submit(full, live=False)
+
+    def _stop_live(self) -> None:
         self._final_timer.stop()
         self._live_throttle.cancel()
-        if not self.generation.settings.seed_locked:
-            self.generation.blockSignals(True)
-            self.generation.new_seed()
-            self.generation.blockSignals(False)
-            self.generation.changed.emit(self.generation.settings, "seed")
-        return self._send_render(live=False)
 
-    def _send_render(self, *, live: bool) -> int:
+    def _send_render(self, *, live: bool = False, draft: bool = False) -> int:
         try:
-            request = self.current_request(live=live)
+            full = self.current_request(live=live)
+            request = draft_request(full) if draft else full
         except Exception as exc:
             self.error.emit(FailureInfo.from_exception("settings", exc))
             return 0
+        gen = self._submit(request, live=live)
+        if draft:
+            self._drafts[gen] = full
+        return gen
+
+    def _submit(self, request: GenerateRequest, *, live: bool) -> int:
         face = self.identity.identity.aligned_face if self.identity else None
         gen = self.client.submit_render(request, live=live, identity_face=face)
         self._newest_render = gen
+        self._last_progress = None
+        self._set_cancelling(False)
         return gen
 
     def cancel(self) -> None:
-        self._final_timer.stop()
-        self._live_throttle.cancel()
+        """Stop the running render at its next step boundary; acknowledged at once ("Cancelling…")."""
+        self._stop_live()
+        if self.busy and not self.cancelling:
+            self._set_cancelling(True)
+            self.status_message.emit("Cancelling… the render stops at the end of the current step.")
         self.client.cancel()
+
+    def _set_cancelling(self, on: bool) -> None:
+        if on != self.cancelling:
+            self.cancelling = on
+            self.cancelling_changed.emit(on)
 
     def set_live(self, live: bool) -> None:
         self.generation.update(live=live)
@@ -251,15 +324,14 @@ class StudioState(QObject):
                 self._final_timer.stop()
                 self._live_throttle.poke()
             else:
-                self._live_throttle.cancel()
-                self._final_timer.stop()
-                self._send_render(live=False)
+                self._stop_live()
+                self._send_render()
 
     def _on_settings_changed(self, settings: GenerationSettings, what: str) -> None:
         if what in ("live", "seed_locked", "live_steps") or not settings.live:
             return
         self._live_throttle.poke()
-        self._final_timer.start()
+        self._final_timer.start(350)
 
     def _send_preview(self) -> None:
         if self.identity is None:
@@ -281,8 +353,9 @@ class StudioState(QObject):
         self._preview_kinds[gen] = kind
         return gen
 
-    # -- results --------------------------------------------------------------------------------
-    def _on_result(self, gen: int, result: Result, live: int) -> None:
+    # -- reports from the bridge (GUI thread) ---------------------------------------------------
+    def on_result(self, gen: int, result: Result, live: int) -> None:
+        draft_of = self._drafts.pop(gen, None)
         if gen <= self._newest_shown:
             self.stale_dropped += 1
             log.debug("dropping stale result %d (showing %d)", gen, self._newest_shown)
@@ -290,7 +363,8 @@ class StudioState(QObject):
         self._newest_shown = gen
         self.results_shown += 1
         ident_id = self.identity.identity.id if self.identity else ""
-        entries = [HistoryEntry(gen, result, i, thumbnail(img, 96), ident_id) for i, img in enumerate(result.images)]
+        entries = [HistoryEntry(gen, result, i, thumbnail(img, 96), ident_id, draft_of=draft_of)
+                   for i, img in enumerate(result.images)]
         if not live:
             self.history.extend(entries)
             self.history_changed.emit()
@@ -298,6 +372,8 @@ class StudioState(QObject):
         if gen >= self._newest_render:
             self.progress_changed.emit(None)
         self.timings_changed.emit(dict(result.timings))
+        if not live and entries:
+            self.status_message.emit(describe_shown(entries[0]))
 
     def _show(self, entry: HistoryEntry | None) -> None:
         if self.shown is not None and entry is not None and self.shown.result is not entry.result:
@@ -307,15 +383,16 @@ class StudioState(QObject):
             self.showing_b = False
             self.ab_changed.emit(False)
         self.result_shown.emit(entry)
+        self.shown_changed.emit(describe_shown(entry))
         self.likeness_changed.emit(entry.likeness[0] if entry and entry.likeness else None)
 
     def show_history(self, index: int, *, restore: bool = True) -> None:
-        """Show a history entry and (by default) restore its full state."""
+        """Show a history entry and (by default) restore its full state (a draft restores its full settings)."""
         if not (0 <= index < len(self.history)):
             return
         entry = self.history[index]
         if restore:
-            self.restore_request(entry.result.request, seed=entry.seed)
+            self.restore_request(entry.draft_of or entry.result.request, seed=entry.seed)
         self._show(entry)
 
     def toggle_ab(self, show_b: bool | None = None) -> None:
@@ -326,61 +403,72 @@ class StudioState(QObject):
         self.result_shown.emit(self.previous if self.showing_b else self.shown)
         self.ab_changed.emit(self.showing_b)
 
-    def _on_progress(self, gen: int, p: Progress) -> None:
+    def on_progress(self, gen: int, p: Progress) -> None:
         if gen < self._newest_render:
             return
+        self._last_progress = p
         self.progress_changed.emit(p)
         if p.preview is not None:
             self.step_preview.emit(p.preview)
 
-    def _on_cancelled(self, gen: int) -> None:
-        if gen >= self._newest_render:
-            self.progress_changed.emit(None)
-            self.status_message.emit("Cancelled.")
+    def on_cancelled(self, gen: int) -> None:
+        self._drafts.pop(gen, None)
+        if gen < self._newest_render:
+            return
+        self.progress_changed.emit(None)
+        p = self._last_progress
+        if p is not None and p.total > 0:
+            where = f" after step {p.step} of {p.total} ({p.elapsed_s:.1f} s)"
+        else:
+            where = " before it started"
+        self.status_message.emit(f"Cancelled{where}." + (" The previous result is still shown." if self.shown else ""))
+        self._set_cancelling(False)
 
-    def _on_busy(self, busy: int) -> None:
-        busy = bool(busy)
-        self.busy_changed.emit(busy)
-        if not busy:
+    def on_busy(self, busy: int) -> None:
+        self.busy = bool(busy)
+        self.busy_changed.emit(self.busy)
+        if not self.busy:
             self.progress_changed.emit(None)
+            self._set_cancelling(False)
 
-    def _on_failed(self, gen: int, info: FailureInfo) -> None:
+    def on_failed(self, gen: int, info: FailureInfo) -> None:
         if gen in self._encodes:
             self._finish_encode(gen)
         self.error.emit(info)
 
-    def _on_face_preview(self, gen: int, image: np.ndarray) -> None:
+    def on_face_preview(self, gen: int, image: np.ndarray) -> None:
         if gen >= self._newest_preview:
             kind = self._preview_kinds.get(gen, "settled")
             self.face_preview_caption.emit(PREVIEW_CAPTIONS[kind])
             self.face_preview_changed.emit(image)
 
-    def _on_likeness(self, gen: int, value: float) -> None:
+    def on_likeness(self, gen: int, value: float) -> None:
         for e in self.history:
             if e.gen == gen and not e.likeness:
                 e.likeness.append(value)
         if self.shown is not None and self.shown.gen == gen:
             self.likeness_changed.emit(value)
 
-    def _on_models(self, states: Any) -> None:
+    def on_models(self, states: Any) -> None:
         self.model_states = states
         self.models_changed.emit(states)
 
-    def _on_catalog(self, catalog: tuple) -> None:
+    def on_catalog(self, catalog: tuple) -> None:
         self.catalog = catalog
         self.catalog_changed.emit(catalog)
+
+    def on_device(self, device: str) -> None:
+        self.device = device
+        self.device_changed.emit(device)
 
     # -- restore and save -----------------------------------------------------------------------
     def restore_request(self, request: GenerateRequest, *, seed: int | None = None, source: str = "") -> None:
         """Put back the full state of a request: settings, edits, identity."""
         settings = GenerationSettings.from_request(request, self.generation.settings)
         if seed is not None:
-            from dataclasses import replace
-
             settings = replace(settings, seed=seed)
-        self.generation.blockSignals(True)
-        self.generation.set_all(settings)
-        self.generation.blockSignals(False)
+        with self.generation.changed.blocked():
+            self.generation.set_all(settings)
         self.generation.changed.emit(settings, "*restore")
         if request.wplus is not None:
             entry = self.library.find_wplus(request.wplus)

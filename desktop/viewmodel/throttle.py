@@ -1,36 +1,39 @@
-"""A leading- and trailing-edge throttle on the GUI thread (≈30 Hz for sliders)."""
+"""A leading- and trailing-edge throttle (≈30 Hz for sliders), on any single-shot timer."""
 
 from __future__ import annotations
 
 import time
 from collections.abc import Callable
 
-from PySide6.QtCore import QObject, QTimer
+from desktop.viewmodel.events import TimerFactory
 
 
-class Throttle(QObject):
+class Throttle:
     """Calls `fn` at once on the first `poke`, then at most once per `interval_ms`, and always once
-    after the last poke (trailing edge) so the final value is never lost."""
+    after the last poke (trailing edge) so the final value is never lost.
 
-    def __init__(self, fn: Callable[[], None], interval_ms: int = 33, parent: QObject | None = None) -> None:
-        super().__init__(parent)
+    Args:
+        timer: makes the single-shot timer for the trailing call (`desktop.views.binding.qt_timer` in the app).
+        clock: seconds, monotonic (tests pass a manual clock).
+    """
+
+    def __init__(self, fn: Callable[[], object], interval_ms: int, timer: TimerFactory,
+                 clock: Callable[[], float] = time.monotonic) -> None:
         self._fn = fn
         self._interval = interval_ms
-        self._timer = QTimer(self)
-        self._timer.setSingleShot(True)
-        self._timer.timeout.connect(self._fire_trailing)
-        self._last = 0.0
+        self._timer = timer(self._fire_trailing)
+        self._clock = clock
+        self._last = float("-inf")
         self._pending = False
         self.calls = 0
 
     def poke(self) -> None:
-        now = time.monotonic()
-        wait_ms = self._interval - (now - self._last) * 1000
-        if wait_ms <= 0 and not self._timer.isActive():
+        wait_ms = self._interval - (self._clock() - self._last) * 1000
+        if wait_ms <= 0 and not self._timer.is_active():
             self._call()
         else:
             self._pending = True
-            if not self._timer.isActive():
+            if not self._timer.is_active():
                 self._timer.start(max(1, int(wait_ms)))
 
     def flush(self) -> None:
@@ -49,6 +52,6 @@ class Throttle(QObject):
 
     def _call(self) -> None:
         self._pending = False
-        self._last = time.monotonic()
+        self._last = self._clock()
         self.calls += 1
         self._fn()

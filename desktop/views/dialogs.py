@@ -2,8 +2,6 @@
 
 from __future__ import annotations
 
-from pathlib import Path
-
 from PySide6.QtCore import Qt, Signal
 from PySide6.QtGui import QStandardItem, QStandardItemModel
 from PySide6.QtWidgets import (
@@ -24,7 +22,7 @@ from PySide6.QtWidgets import (
     QWidget,
 )
 
-from desktop.engine_client import BackendOption
+from desktop.viewmodel.reports import BackendOption
 from engine.api import ModelState, ModelStatus
 
 STATUS_TEXT = {
@@ -223,7 +221,3 @@ class LicenceDialog(QDialog):
         buttons.accepted.connect(self.accept)
         buttons.rejected.connect(self.reject)
         lay.addWidget(buttons)
-
-
-def default_save_dir() -> str:
-    return str(Path.home() / "Pictures")

@@ -34,6 +34,8 @@ class GenerationPanel(QWidget):
     """Edits a `GenerationState`; Generate/Cancel are the main window's actions."""
 
     generate_clicked = Signal()
+    draft_clicked = Signal()
+    refine_clicked = Signal()
     cancel_clicked = Signal()
 
     def __init__(self, state: GenerationState, parent: QWidget | None = None) -> None:
@@ -86,8 +88,14 @@ class GenerationPanel(QWidget):
         self.generate = QPushButton("Generate")
         self.generate.setObjectName("primary")
         self.generate.setToolTip("Generate (Ctrl+Enter)")
+        self.draft = QPushButton("Draft")
+        self.draft.setToolTip("A quick draft: half size, fewer steps, same seed and identity (Ctrl+D)")
+        self.refine = QPushButton("Refine")
+        self.refine.setToolTip("Render the shown draft at the full settings")
+        self.refine.setEnabled(False)
         self.cancel = QPushButton("Cancel")
         self.cancel.setToolTip("Cancel (Esc)")
+        self.cancel.setMinimumWidth(self.cancel.fontMetrics().horizontalAdvance("Cancelling…") + 30)
         self.cancel.setEnabled(False)
 
         seed_row = QHBoxLayout()
@@ -109,6 +117,7 @@ class GenerationPanel(QWidget):
         live_row.addWidget(self.live_steps)
         live_row.addStretch(1)
         form = QFormLayout()
+        self.form = form  # more rows (face restoration, LoRAs, …) go here: the buttons stay last
         form.setLabelAlignment(Qt.AlignmentFlag.AlignRight)
         form.setHorizontalSpacing(10)
         form.setVerticalSpacing(6)
@@ -118,7 +127,10 @@ class GenerationPanel(QWidget):
         form.addRow("Size", size_row)
         form.addRow("Live", live_row)
         buttons = QHBoxLayout()
+        self._buttons = buttons
         buttons.addWidget(self.generate, 2)
+        buttons.addWidget(self.draft, 1)
+        buttons.addWidget(self.refine, 1)
         buttons.addWidget(self.cancel, 1)
         lay = QVBoxLayout(self)
         lay.setContentsMargins(0, 0, 0, 0)
@@ -147,6 +159,8 @@ class GenerationPanel(QWidget):
         self.live.toggled.connect(lambda v: state.update(live=bool(v)))
         self.live_steps.valueChanged.connect(lambda v: state.update(live_steps=int(v)))
         self.generate.clicked.connect(self.generate_clicked)
+        self.draft.clicked.connect(self.draft_clicked)
+        self.refine.clicked.connect(self.refine_clicked)
         self.cancel.clicked.connect(self.cancel_clicked)
         state.changed.connect(self._on_state)
 
@@ -154,9 +168,8 @@ class GenerationPanel(QWidget):
         w, h = self.size.currentData()
         self.state.update(width=int(w), height=int(h))
 
-    def _on_state(self, s: GenerationSettings, what: str) -> None:
-        if what in ("*", "*restore", "seed", "live"):
-            self.show_settings(s)
+    def _on_state(self, s: GenerationSettings, _what: str) -> None:
+        self.show_settings(s)  # any change, also from a restore, a draft seed or a script
 
     def show_settings(self, s: GenerationSettings) -> None:
         """Put `s` into the widgets without echoing changes back."""
@@ -186,5 +199,21 @@ class GenerationPanel(QWidget):
         for w in widgets:
             w.blockSignals(False)
 
-    def set_busy(self, busy: bool) -> None:
-        self.cancel.setEnabled(busy)
+    def set_state(self, *, busy: bool, cancelling: bool, can_refine: bool) -> None:
+        """Enable the buttons: all off while a cancel is under way (it ends at the next step)."""
+        self.generate.setEnabled(not cancelling)
+        self.draft.setEnabled(not cancelling)
+        self.refine.setEnabled(can_refine and not cancelling)
+        self.cancel.setEnabled(busy and not cancelling)
+        self.cancel.setText("Cancelling…" if cancelling else "Cancel")
+
+    def set_draft_first(self, on: bool) -> None:
+        """Make Draft the primary button (slow CPU renders); otherwise Generate (official settings) is."""
+        first, second = (self.draft, self.generate) if on else (self.generate, self.draft)
+        first.setObjectName("primary")
+        second.setObjectName("")
+        for b in (first, second):
+            b.style().unpolish(b)
+            b.style().polish(b)
+        self._buttons.insertWidget(0, first, 2)
+        self._buttons.setStretchFactor(second, 1)

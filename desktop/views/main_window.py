@@ -24,7 +24,8 @@ from PySide6.QtWidgets import (
 
 from desktop.camera.controller import CameraController
 from desktop.camera.sources import list_sources
-from desktop.engine_client import BackendOption, FailureInfo
+from desktop.viewmodel.capture import BURST_FRAMES, IMAGE_SUFFIXES, CaptureController
+from desktop.viewmodel.reports import BackendOption, FailureInfo
 from desktop.viewmodel.studio import StudioState
 from desktop.views.camera_panel import CameraPanel
 from desktop.views.dialogs import LicenceDialog, ModelsDialog
@@ -33,12 +34,8 @@ from desktop.views.generation_panel import GenerationPanel
 from desktop.views.identity_panel import IdentityPanel
 from desktop.views.result_view import ResultView
 from desktop.views.widgets import Banner
-from engine.api import ModelStatus
 
 log = logging.getLogger(__name__)
-
-IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg", ".webp", ".bmp")
-BURST_FRAMES = 8
 
 
 @dataclass(frozen=True)
@@ -70,10 +67,12 @@ class MainWindow(QMainWindow):
 
     models_apply_requested = Signal(str, str, str)  # folder, backend, device
 
-    def __init__(self, studio: StudioState, camera: CameraController, settings: QSettings, paths: AppPaths,
-                 parent: QWidget | None = None) -> None:
+    def __init__(self, studio: StudioState, capture: CaptureController, camera: CameraController,
+                 settings: QSettings, paths: AppPaths, parent: QWidget | None = None) -> None:
         super().__init__(parent)
         self.studio = studio
+        self.captures = capture
+        capture.consent.ask = self._ask_consent
         self.camera = camera
         self.settings = settings
         self.paths = paths
@@ -84,11 +83,7 @@ class MainWindow(QMainWindow):
         self.setMinimumSize(1100, 700)
         self._backends: tuple[BackendOption, ...] = ()
         self._models_dialog: ModelsDialog | None = None
-        self._pending_drops: set[str] = set()
-        self._burst: list = []
-        self._burst_timer = QTimer(self)
-        self._burst_timer.setInterval(120)
-        self._burst_timer.timeout.connect(self._burst_tick)
+        self._consent_dialog: LicenceDialog | None = None
 
         self.banner = Banner()
         self.camera_panel = CameraPanel(camera)
@@ -167,7 +162,12 @@ class MainWindow(QMainWindow):
         self.act_undo = self._action("&Undo edit", ("Ctrl+Z",), s.edits.undo)
         self.act_redo = self._action("&Redo edit", ("Ctrl+Shift+Z", "Ctrl+Y"), s.edits.redo)
         self.act_reset = self._action("Reset all &edits", ("Ctrl+R",), s.edits.reset_all)
-        self.act_generate = self._action("&Generate", ("Ctrl+Return", "Ctrl+Enter"), s.generate)
+        self.act_generate = self._action("&Generate", ("Ctrl+Return", "Ctrl+Enter"), s.generate,
+                                         tip="Generate at the full settings")
+        self.act_draft = self._action("&Draft", ("Ctrl+D",), s.draft,
+                                      tip="A quick draft: half size, fewer steps, same seed and identity")
+        self.act_refine = self._action("&Refine draft", ("Ctrl+Shift+Return", "Ctrl+Shift+Enter"), s.refine,
+                                       tip="Render the shown draft at the full settings")
         self.act_cancel = self._action("&Cancel", ("Esc",), s.cancel)
         self.act_live = self._action("&Live mode", ("Ctrl+L",), None, checkable=True,
                                      tip="Re-render while sliders move")
@@ -193,7 +193,7 @@ class MainWindow(QMainWindow):
             ("&File", [self.act_open, None, self.act_save, self.act_save_all, None, self.act_quit]),
             ("&Edit", [self.act_undo, self.act_redo, self.act_reset]),
             ("&Camera", [self.act_capture, self.act_burst]),
-            ("&Generate", [self.act_generate, self.act_cancel, None, self.act_live, self.act_new_seed, self.act_ab]),
+            ("&Generate", [self.act_generate, self.act_draft, self.act_refine, self.act_cancel, None, self.act_live, self.act_new_seed, self.act_ab]),
             ("&Models", [self.act_models]),
             ("&Help", [self.act_licence, self.act_log]),
         ):
@@ -204,6 +204,9 @@ class MainWindow(QMainWindow):
         gp, cp = self.generation_panel, self.camera_panel
         gp.generate.setToolTip(self.act_generate.toolTip())
         gp.cancel.setToolTip(self.act_cancel.toolTip())
+        gp.draft.setToolTip(self.act_draft.toolTip())
+        gp.refine.setToolTip(self.act_refine.toolTip())
+        self.act_refine.setEnabled(False)
         cp.capture_button.setToolTip(self.act_capture.toolTip() + " — encode the current frame into an identity")
         cp.burst_button.setToolTip(self.act_burst.toolTip() + f" — {BURST_FRAMES} frames, best kept")
         cp.open_button.setToolTip(self.act_open.toolTip())
@@ -217,7 +220,9 @@ class MainWindow(QMainWindow):
         self.status_models = QLabel("")
         self.status_models.setObjectName("statusWarn")
         self.status_models.setToolTip("Models ▸ Models… says what is missing and how to get it")
-        for w in (self.status_models, self.status_device, self.status_memory, self.status_timing):
+        self.status_shown = QLabel("")
+        self.status_shown.setToolTip("What the result area shows: a draft or the full render")
+        for w in (self.status_shown, self.status_models, self.status_device, self.status_memory, self.status_timing):
             w.setObjectName("statusField")
             sb.addPermanentWidget(w)
         sb.addWidget(self.status_state, 1)
@@ -231,6 +236,8 @@ class MainWindow(QMainWindow):
     def _connect(self) -> None:
         s, gp, rv, ip = self.studio, self.generation_panel, self.result_view, self.identity_panel
         gp.generate_clicked.connect(s.generate)
+        gp.draft_clicked.connect(s.draft)
+        gp.refine_clicked.connect(s.refine)
         gp.cancel_clicked.connect(s.cancel)
         self.act_live.toggled.connect(s.set_live)
         self.act_live.setChecked(s.generation.settings.live)
@@ -260,19 +267,21 @@ class MainWindow(QMainWindow):
         s.likeness_changed.connect(rv.set_likeness)
         s.history_changed.connect(lambda: rv.set_history(s.history))
         s.busy_changed.connect(self._on_busy)
+        s.cancelling_changed.connect(self._on_cancelling)
+        s.shown_changed.connect(self._on_shown_changed)
+        s.device_changed.connect(self._on_device)
         s.encoding_changed.connect(lambda on: self.camera_panel.capture_button.setEnabled(not on))
         s.error.connect(self.show_error)
         s.models_changed.connect(self._on_models)
         s.catalog_changed.connect(self.edit_panel.set_catalog)
         s.timings_changed.connect(self._on_timings)
-        s.status_message.connect(lambda m: self.status_state.setText(m))
+        s.status_message.connect(self.status_state.setText)
         s.ab_changed.connect(self._on_ab)
-        s.client.request_loaded.connect(self._on_request_loaded)
-        s.client.request_failed.connect(self._on_request_failed)
-        s.client.image_loaded.connect(self._on_image_loaded)
-        s.client.saved.connect(lambda p: self.status_state.setText(f"Saved {p}"))
-        s.client.backends_ready.connect(self._on_backends)
-        s.client.state_changed.connect(self._on_engine_state)
+        self.captures.status.connect(self.status_state.setText)
+        self.captures.still_shown.connect(self.camera_panel.show_still)
+        s.saved.connect(lambda p: self.status_state.setText(f"Saved {p}"))
+        s.backends_changed.connect(self._on_backends)
+        s.engine_state.connect(self._on_engine_state)
         s.edits.history_changed.connect(self._on_edit_history)
         self._on_edit_history()
         if s.catalog:
@@ -301,7 +310,7 @@ class MainWindow(QMainWindow):
 
     def closeEvent(self, event: QCloseEvent) -> None:
         self.save_state()
-        self._burst_timer.stop()
+        self.captures.stop_burst()
         self.camera.stop()
         super().closeEvent(event)
 
@@ -310,50 +319,18 @@ class MainWindow(QMainWindow):
         self.settings.setValue("camera/source", spec)
         self.camera.start(spec)
 
-    def _with_consent(self, then) -> None:
-        """Run `then()` once the user has agreed to the consent note (asked once, remembered)."""
-        if str(self.settings.value("consent/accepted", "false")).lower() == "true":
-            then()
-            return
+    def _ask_consent(self, answer) -> None:
+        """The consent gate's question: the licence dialog with its consent note (non-modal)."""
         dlg = LicenceDialog(ask_consent=True, parent=self)
         self._consent_dialog = dlg
-
-        def done(code: int) -> None:
-            if code == LicenceDialog.DialogCode.Accepted:
-                self.settings.setValue("consent/accepted", "true")
-                then()
-
-        dlg.finished.connect(done)
+        dlg.finished.connect(lambda code: answer(code == LicenceDialog.DialogCode.Accepted))
         dlg.open()
 
     def capture(self) -> None:
-        frame = self.camera.latest_frame() if self.camera.running else None
-        if frame is None:
-            self.status_state.setText("Start the camera, or open a photo (Ctrl+O), to capture a face.")
-            return
-        self._with_consent(lambda: self.studio.capture(frame))
+        self.captures.capture()
 
     def burst(self) -> None:
-        if not self.camera.running:
-            self.status_state.setText("Start the camera to capture a burst.")
-            return
-
-        def begin() -> None:
-            self._burst = []
-            self.status_state.setText("Burst: hold still…")
-            self._burst_timer.start()
-
-        self._with_consent(begin)
-
-    def _burst_tick(self) -> None:
-        frame = self.camera.latest_frame()
-        if frame is not None and (not self._burst or frame is not self._burst[-1]):
-            self._burst.append(frame)
-        if len(self._burst) >= BURST_FRAMES or not self.camera.running:
-            self._burst_timer.stop()
-            if self._burst:
-                self.studio.capture_burst(self._burst)
-            self._burst = []
+        self.captures.burst()
 
     def open_photo_dialog(self) -> None:
         start = str(self.settings.value("paths/open", str(Path.home())))
@@ -365,24 +342,7 @@ class MainWindow(QMainWindow):
 
     def open_path(self, path: str) -> None:
         """Open a file: one of our PNGs restores its settings, any other photo becomes an identity."""
-        if path.lower().endswith(".png"):
-            self._pending_drops.add(path)
-            self.studio.client.read_request(path)
-        else:
-            self.studio.client.load_image(path)
-
-    def _on_request_loaded(self, path: str, request) -> None:
-        self._pending_drops.discard(path)
-        self.studio.restore_request(request, source=path)
-
-    def _on_request_failed(self, path: str, _info: FailureInfo) -> None:
-        if path in self._pending_drops:
-            self._pending_drops.discard(path)
-            self.studio.client.load_image(path)
-
-    def _on_image_loaded(self, path: str, image) -> None:
-        self.camera_panel.show_still(image)
-        self._with_consent(lambda: self.studio.capture(image, name=Path(path).stem))
+        self.captures.open_path(path)
 
     # -- drag and drop --------------------------------------------------------------------------
     @staticmethod
@@ -436,8 +396,39 @@ class MainWindow(QMainWindow):
         self.result_view.image.set_caption("B · previous result" if showing_b else "")
 
     def _on_busy(self, busy: bool) -> None:
-        self.generation_panel.set_busy(busy)
-        self.status_state.setText("Generating…" if busy else "Ready.")
+        self._update_buttons()
+        if busy:
+            self.result_view.show_guidance(False)  # the guidance never covers a render in progress
+            self.status_state.setText("Generating…")
+        else:
+            self._update_guidance()
+            if self.status_state.text() == "Generating…":  # keep what the studio said (cancelled, shown)
+                self.status_state.setText("Ready.")
+
+    def _on_cancelling(self, _on: bool) -> None:
+        self._update_buttons()
+
+    def _update_buttons(self) -> None:
+        s = self.studio
+        self.generation_panel.set_state(busy=s.busy, cancelling=s.cancelling, can_refine=s.can_refine)
+        for a in (self.act_generate, self.act_draft):
+            a.setEnabled(not s.cancelling)
+        self.act_refine.setEnabled(s.can_refine and not s.cancelling)
+        self.act_cancel.setEnabled(s.busy and not s.cancelling)
+
+    def _on_shown_changed(self, text: str) -> None:
+        entry = self.studio.shown
+        self.status_shown.setText("" if entry is None else ("Draft shown" if entry.is_draft else "Full render shown"))
+        self.status_shown.setToolTip(text)
+        self._update_buttons()
+
+    def _on_device(self, device: str) -> None:
+        """On the CPU the draft is the first thing to try; on a GPU the official settings stay the default."""
+        self.generation_panel.set_draft_first(device == "cpu")
+        self._update_device()
+        if device == "cpu" and self.studio.models_ok:
+            self.status_state.setText("Rendering on the CPU: a full render takes minutes. Draft (Ctrl+D) shows a "
+                                      "half-size version in a fraction of that; Refine then renders it in full.")
 
     def _on_edit_history(self) -> None:
         self.act_undo.setEnabled(self.studio.edits.can_undo)
@@ -470,21 +461,24 @@ class MainWindow(QMainWindow):
         log.error("%s: %s", info.where, info.message)
         self.banner.show_error(info.message, info.hint, info.details)
 
-    def _on_models(self, states) -> None:
-        ok = self.studio.models_ok
-        if isinstance(states, tuple):
-            missing = [f"{s.id} — {s.path} ({s.status.value})" for s in states
-                       if s.required and s.status in (ModelStatus.MISSING, ModelStatus.CORRUPT)]
-            problem = ""
-        else:
-            missing, problem = [], f"The models could not be checked: {states}"
-        self.result_view.guidance.set_missing(str(self.paths.models_dir), missing, problem)
-        self.result_view.show_guidance(not ok and self.studio.shown is None)
-        self.status_models.setText("" if ok else f"⚠ {len(missing) or 'some'} model(s) missing")
-        if not ok:
+    def _on_models(self, _states) -> None:
+        report = self.studio.models
+        self.result_view.guidance.set_report(str(self.paths.models_dir), report)
+        self._update_guidance()
+        self.status_models.setText(report.summary())
+        self.status_models.setToolTip("\n".join(f"{m.id}: {report.cost(m)}"
+                                                for m in report.missing_required + report.missing_optional)
+                                      or "Models ▸ Models… says what is missing and how to get it")
+        if report.missing_required:
             self.status_state.setText("Models missing — see Models ▸ Models…")
         if self._models_dialog is not None:
-            self._models_dialog.set_states(states)
+            self._models_dialog.set_states(self.studio.model_states)
+
+    def _update_guidance(self) -> None:
+        """The guidance fills the result area only while generation is impossible and nothing else is there."""
+        report = self.studio.models
+        blocked = report.checked and not report.can_generate
+        self.result_view.show_guidance(blocked and self.studio.shown is None and not self.studio.busy)
 
     def _on_engine_state(self, state: str) -> None:
         if state == "ready" and self.studio.models_ok:
@@ -496,27 +490,28 @@ class MainWindow(QMainWindow):
         if self._models_dialog is None:
             self._models_dialog = ModelsDialog(self)
             self._models_dialog.apply_requested.connect(self.models_apply_requested)
-            self._models_dialog.verify_requested.connect(lambda: self.studio.client.check_models(verify=True))
-            self.studio.client.models_progress.connect(self._models_dialog.set_progress)
-        cfg = self.studio.client.config
+            self._models_dialog.verify_requested.connect(self.studio.verify_models)
+            self.studio.models_progress.connect(self._models_dialog.set_progress)
+        cfg = self.studio.engine_config
         self._models_dialog.set_folder(str(cfg.models_dir), self.paths.models_reason)
         if self.studio.model_states is not None:
             self._models_dialog.set_states(self.studio.model_states)
         self._models_dialog.set_backends(self._backends, cfg.backend, cfg.device)
-        self.studio.client.probe_backends()
+        self.studio.probe_backends()
         self._models_dialog.show()
         self._models_dialog.raise_()
 
     def _on_backends(self, options: tuple[BackendOption, ...]) -> None:
         self._backends = options
         if self._models_dialog is not None:
-            cfg = self.studio.client.config
+            cfg = self.studio.engine_config
             self._models_dialog.set_backends(options, cfg.backend, cfg.device)
         self._update_device()
 
     def _update_device(self) -> None:
-        cfg = self.studio.client.config
-        self.status_device.setText(f"Device {cfg.device} · {cfg.backend}")
+        cfg = self.studio.engine_config
+        device = cfg.device if cfg.device not in ("", "auto") or not self.studio.device else f"auto → {self.studio.device}"
+        self.status_device.setText(f"Device {device} · {cfg.backend}")
 
     def _update_memory(self) -> None:
         mb = _rss_mb()

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import html
+
 from PySide6.QtCore import QSize, Qt, Signal
 from PySide6.QtGui import QIcon
 from PySide6.QtWidgets import (
@@ -18,6 +20,7 @@ from PySide6.QtWidgets import (
 )
 
 from desktop.imaging import rgb_to_pixmap
+from desktop.viewmodel.models import ModelsReport
 from desktop.viewmodel.studio import HistoryEntry
 from desktop.views.widgets import ImageView
 from engine.api import Progress
@@ -32,15 +35,16 @@ def format_eta(seconds: float | None) -> str:
 
 
 class ModelsGuidance(QWidget):
-    """Shown instead of the image while required models are missing."""
+    """Shown in the result area only while generation is impossible and no render or result is there."""
 
     open_models = Signal()
 
     def __init__(self, parent: QWidget | None = None) -> None:
         super().__init__(parent)
         self.setObjectName("guidance")
-        self.title = QLabel("Models are needed to generate images")
+        self.title = QLabel("Some model files are missing")
         self.title.setObjectName("guidanceTitle")
+        self.title.setWordWrap(True)
         self.body = QLabel()
         self.body.setWordWrap(True)
         self.body.setTextFormat(Qt.TextFormat.RichText)
@@ -56,16 +60,28 @@ class ModelsGuidance(QWidget):
         lay.addWidget(self.button, 0, Qt.AlignmentFlag.AlignLeft)
         lay.addStretch(2)
 
-    def set_missing(self, folder: str, missing: list[str], problem: str = "") -> None:
-        items = "".join(f"<li>{m}</li>" for m in missing[:8])
-        more = f"<li>… and {len(missing) - 8} more</li>" if len(missing) > 8 else ""
-        self.body.setText(
-            (f"<p>{problem}</p>" if problem else "")
-            + f"<p>The models folder <b>{folder}</b> lacks:</p><ul>{items}{more}</ul>"
-            "<p>To get them: on a machine with internet, run <code>wplus models fetch</code>, or download the files "
-            "listed in the Models dialog and run <code>wplus models import &lt;folder&gt;</code>. Then choose the "
-            "folder in <b>Models ▸ Models…</b>.</p>"
-            "<p>Meanwhile the camera, face detection and alignment keep working.</p>")
+    def set_report(self, folder: str, report: ModelsReport) -> None:
+        """Say what works now, and what each missing file costs (required ones first)."""
+        def where(path: str) -> str:  # relative to the models folder: where to put the file
+            return path[len(folder):].lstrip("/\\") if path.startswith(folder) else path
+
+        def items(states) -> str:
+            return "".join(f"<li><b>{html.escape(m.id)}</b> ({html.escape(where(m.path))}, {m.status.value}): "
+                           f"{html.escape(report.cost(m))}</li>" for m in states)
+
+        self.title.setText("Generation needs more model files" if not report.can_generate
+                           else "Some optional model files are missing")
+        parts = [f"<p>{html.escape(report.problem)}</p>"] if report.problem else []
+        parts.append("<p><b>Works now:</b></p><ul>" + "".join(f"<li>{w}</li>" for w in report.works_now()) + "</ul>")
+        if report.missing_required:
+            parts.append(f"<p><b>Missing from <code>{html.escape(folder)}</code>:</b></p>"
+                         f"<ul>{items(report.missing_required)}</ul>")
+        if report.missing_optional:
+            parts.append(f"<p><b>Optional, also missing:</b></p><ul>{items(report.missing_optional)}</ul>")
+        parts.append("<p>To get them: on a machine with internet, run <code>wplus models fetch</code>, or download the "
+                     "files listed in the Models dialog and run <code>wplus models import &lt;folder&gt;</code>. "
+                     "Then choose the folder in <b>Models ▸ Models…</b>.</p>")
+        self.body.setText("".join(parts))
 
 
 class ResultView(QWidget):

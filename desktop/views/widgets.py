@@ -46,10 +46,6 @@ class ImageView(QWidget):
         self._caption = text
         self.update()
 
-    def set_placeholder(self, text: str) -> None:
-        self._placeholder = text
-        self.update()
-
     @property
     def has_image(self) -> bool:
         return self._image is not None

@@ -50,3 +50,30 @@ def make_app(qtbot, tmp_path: Path) -> Iterator[Callable[..., object]]:
     for app in apps:
         app.shutdown()
         remove_logging(app.log_dir)
+
+
+@pytest.fixture(scope="session")
+def tiny_models(tmp_path_factory):
+    """The tiny random SD1.5 + W+ adapter of `engine.testing.tiny` (written once per session)."""
+    from engine.testing import tiny
+
+    return tiny.cached_tiny_models(tmp_path_factory.getbasetemp())  # shared by the real-engine Qt tests
+
+
+@pytest.fixture(scope="module")
+def decoder_only_models(tiny_models, tmp_path_factory):
+    """The tiny models plus an e4e `.safetensors` holding only a reduced StyleGAN2 decoder and latent_avg."""
+    import shutil
+
+    import torch
+    from safetensors.torch import save_file
+
+    from engine.networks.stylegan2.modules import GeneratorShape
+    from engine.testing.stylegan2 import rule_decoder_state
+
+    root = tmp_path_factory.mktemp("dec") / "models"
+    shutil.copytree(tiny_models, root)
+    flat = {f"decoder.{k}": v.contiguous() for k, v in rule_decoder_state(GeneratorShape.reduced(16)).items()}
+    flat["latent_avg"] = torch.zeros(18, 512)
+    save_file(flat, str(root / "e4e_ffhq_encode.safetensors"), metadata={"wplus_layout": "e4e", "opts": "{}"})
+    return root

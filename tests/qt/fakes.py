@@ -42,7 +42,9 @@ CATALOG = (
     SliderSpec("lipstick", "Lipstick", "appearance", EditKind.GANSPACE, -20.0, 20.0, 0.0, 0.5),
 )
 
-REQUIRED = (("sd15", "stable diffusion 1.5"), ("wplus_adapter", "identity adapter"), ("e4e", "face encoder"))
+# (id, manifest role, required) as in resources/models.toml: the parser is optional
+MODELS = (("sd15", "sd15", True), ("wplus_adapter", "adapter", True), ("e4e", "e4e", True),
+          ("parsenet", "parser", False))
 
 
 def request_marker(req: GenerateRequest) -> tuple[int, int]:
@@ -64,6 +66,7 @@ class FakeSession:
     def __init__(self, step_delay: float = 0.0, missing: Sequence[str] = (), fail_render: Exception | None = None,
                  catalog: tuple[SliderSpec, ...] = CATALOG, preview_delay: float = 0.0) -> None:
         self.step_delay = step_delay
+        self.device = "cpu"  # where the bridge says renders run (a test may say "cuda")
         self.preview_delay = preview_delay
         self.missing = set(missing)
         self.fail_render = fail_render
@@ -87,17 +90,17 @@ class FakeSession:
         self._note()
         self.model_checks.append(verify)
         if verify and progress is not None:
-            for mid, _role in REQUIRED:  # "hashes" each file in two chunks, like engine.models.verify
+            for mid, _role, _required in MODELS:  # "hashes" each file in two chunks, like engine.models.verify
                 for done in (50, 100):
                     if token is not None:
                         token.raise_if_cancelled()
                     progress(Progress(f"checking {mid}/model.safetensors", done, 100))
         ok = ModelStatus.OK if verify else ModelStatus.UNVERIFIED
         return tuple(
-            ModelState(mid, role, f"{mid}/model.safetensors", True,
+            ModelState(mid, role, f"{mid}/model.safetensors", required,
                        ModelStatus.MISSING if mid in self.missing else ok,
                        licence="non-commercial" if mid != "sd15" else "CreativeML OpenRAIL-M")
-            for mid, role in REQUIRED)
+            for mid, role, required in MODELS)
 
     def catalog(self) -> tuple[SliderSpec, ...]:
         return self._catalog

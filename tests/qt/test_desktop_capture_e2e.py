@@ -43,30 +43,6 @@ def _start_still_camera(qtbot, app) -> None:
                     timeout=60_000)
 
 
-@pytest.fixture(scope="module")
-def tiny_models(tmp_path_factory):
-    return tiny.cached_tiny_models(tmp_path_factory.getbasetemp())  # shared by the real-engine Qt tests
-
-
-@pytest.fixture(scope="module")
-def decoder_only_models(tiny_models, tmp_path_factory):
-    """The tiny models plus an e4e `.safetensors` holding only a reduced StyleGAN2 decoder and latent_avg."""
-    import shutil
-
-    import torch
-    from safetensors.torch import save_file
-
-    from engine.networks.stylegan2.modules import GeneratorShape
-    from engine.testing.stylegan2 import rule_decoder_state
-
-    root = tmp_path_factory.mktemp("dec") / "models"
-    shutil.copytree(tiny_models, root)
-    flat = {f"decoder.{k}": v.contiguous() for k, v in rule_decoder_state(GeneratorShape.reduced(16)).items()}
-    flat["latent_avg"] = torch.zeros(18, 512)
-    save_file(flat, str(root / "e4e_ffhq_encode.safetensors"), metadata={"wplus_layout": "e4e", "opts": "{}"})
-    return root
-
-
 def test_decoder_only_e4e_gives_the_preview_and_capture_names_the_missing_encoder(qtbot, make_app,
                                                                                     decoder_only_models):
     from engine.api import Identity

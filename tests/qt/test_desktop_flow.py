@@ -160,7 +160,7 @@ def test_dropping_a_saved_png_restores_its_settings(qtbot, make_app, tmp_path):
 
 
 def test_dropping_a_plain_photo_captures_an_identity(qtbot, make_app, tmp_path):
-    from desktop.imaging import encode_png
+    from desktop.viewmodel.pictures import encode_png
 
     app = make_app(FakeSession())
     photo = tmp_path / "grace.png"
@@ -191,16 +191,22 @@ def test_missing_models_show_the_guidance_and_the_camera_still_works(qtbot, make
     dlg = app.window._models_dialog
     statuses = [dlg.model.item(r, 1).text() for r in range(dlg.model.rowCount())]
     assert sum("missing" in s for s in statuses) == 1
-    assert len(statuses) == 3
+    assert len(statuses) == 4
     assert "1 required model" in dlg.summary.text()
     dlg.close()
     # camera keeps working
     app.camera.start("synthetic")
     qtbot.waitUntil(lambda: app.window.camera_panel.view.has_image, timeout=5000)
-    # generating explains the problem in the banner instead of failing silently
+    # generating explains the problem in the banner instead of failing silently; the guidance never
+    # covers a render while it runs, and comes back once nothing runs and nothing is shown
+    covered: list[bool] = []
+    app.studio.busy_changed.connect(lambda busy: busy and covered.append(rv.stack.currentWidget() is rv.guidance))
     app.studio.generate()
     qtbot.waitUntil(lambda: app.window.banner.isVisible(), timeout=5000)
     assert "missing" in app.window.banner.message.text()
+    assert covered == [False]
+    qtbot.waitUntil(lambda: not app.studio.busy, timeout=5000)
+    assert rv.stack.currentWidget() is rv.guidance
     app.camera.stop()
 
 

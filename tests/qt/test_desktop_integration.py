@@ -78,7 +78,7 @@ def test_start_up_does_not_hash_and_verify_does_with_progress(qtbot, make_app):
     app.window.show_models_dialog()
     dlg = app.window._models_dialog
     statuses = [dlg.model.item(r, 1).text() for r in range(dlg.model.rowCount())]
-    assert statuses == ["• present (not verified)"] * 3
+    assert statuses == ["• present (not verified)"] * 4
     seen: list = []
     app.client.models_progress.connect(seen.append)
     dlg.verify_button.click()
@@ -87,9 +87,9 @@ def test_start_up_does_not_hash_and_verify_does_with_progress(qtbot, make_app):
     qtbot.waitUntil(lambda: dlg.verify_button.isEnabled(), timeout=5000)
     qtbot.waitUntil(lambda: "Verified" in dlg.verify_status.text(), timeout=5000)
     assert fake.model_checks == [False, True]
-    assert dlg.verify_status.text() == "Verified: 3 file(s) match their checksum."
+    assert dlg.verify_status.text() == "Verified: 4 file(s) match their checksum."
     statuses = [dlg.model.item(r, 1).text() for r in range(dlg.model.rowCount())]
-    assert statuses == ["✓ verified"] * 3
+    assert statuses == ["✓ verified"] * 4
     stages = [p.stage for p in seen if p is not None]
     assert any(s.startswith("checking sd15") for s in stages)
     assert seen[-1] is None  # cleared when done

@@ -3,14 +3,8 @@
 from __future__ import annotations
 
 import numpy as np
-import pytest
 
 from engine.testing import tiny
-
-
-@pytest.fixture(scope="module")
-def tiny_models(tmp_path_factory):
-    return tiny.cached_tiny_models(tmp_path_factory.getbasetemp())  # shared by the real-engine Qt tests
 
 
 def test_real_engine_renders_an_image_into_the_window(qtbot, make_app, tiny_models):
