@@ -13,7 +13,7 @@ import uuid
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
@@ -23,7 +23,9 @@ from engine.faces.align import AlignMode, align_face, resize_aligned
 from engine.faces.preprocess import e4e_input
 from engine.faces.quality import QualityThresholds, assess
 from engine.images import as_rgb_uint8
-from engine.models.service import ModelService
+
+if TYPE_CHECKING:
+    from engine.models.service import ModelService
 
 log = logging.getLogger(__name__)
 

@@ -1,6 +1,6 @@
 """A StyleGAN2 decoder state dict (the e4e checkpoint's `decoder.*` tensors) → a strictly loaded generator.
 
-Reading the checkpoint file is the caller's business (`engine.checkpoints.load_e4e_checkpoint`); this
+Reading the checkpoint file is the caller's business (`engine.networks.e4e.load_e4e_checkpoint`); this
 module only infers the architecture from the keys and loads them.
 """
 
