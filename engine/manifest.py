@@ -43,7 +43,8 @@ QUARANTINE_DIR = ".quarantine"
 MANIFEST_SCHEMA = 1
 KINDS = ("file", "sd15", "diffusers", "bundled")
 # Roles that EngineConfig can point elsewhere (an absolute path or one relative to models_dir).
-CONFIG_FIELD_BY_ROLE = {"sd15": "sd_model", "vae": "vae", "e4e": "e4e", "adapter": "adapter", "parser": "parser"}
+CONFIG_FIELD_BY_ROLE = {"sd15": "sd_model", "vae": "vae", "e4e": "e4e", "adapter": "adapter", "parser": "parser",
+                        "restorer": "psfrgan"}
 DIFFUSERS_WEIGHT_NAMES = (
     "diffusion_pytorch_model.safetensors",
     "diffusion_pytorch_model.fp16.safetensors",
