@@ -18,6 +18,7 @@ from engine.errors import Cancelled, EngineError
 SUBCOMMAND_MODULES = (
     "engine.cli.align",
     "engine.cli.encode",
+    "engine.cli.restore",
     "engine.cli.edit",
     "engine.cli.generate",
     "engine.cli.preview",

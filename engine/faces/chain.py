@@ -159,6 +159,11 @@ class FaceChain:
     def _parser(self):
         return self._parser_loader() if self._parser_loader is not None else None
 
+    def _restorer(self):
+        if self._restorer_loader is None:
+            raise ModelMissing("Face restoration is not available in this face chain.")
+        return self._restorer_loader()
+
     def find_faces(self, image: np.ndarray) -> list[FaceBox]:
         """Faces with landmarks, largest first (FaceNotFound with advice when there is none)."""
         faces = self.detector.detect(image)
@@ -192,16 +197,14 @@ class FaceChain:
         warnings = list(info.get("warnings", ()))
         restored = None
         if restore:
+            restorer = self._restorer()
             if parser is None:
                 raise ModelMissing(
                     "Face restoration needs the face parser (parse_multi_iter_90000.pth), which is not installed.",
                     "Put parse_multi_iter_90000.pth in the models folder, or turn restoration off.",
                 )
-            if self._restorer_loader is None:
-                raise ModelMissing("Face restoration is not available in this face chain.")
             from engine.faces.restore import parse_onehot
 
-            restorer = self._restorer_loader()
             logits = parser.logits(aligned)
             mask = removal_mask(logits[0].argmax(dim=0).to("cpu").numpy())
             restored = restorer.restore(aligned, parse_onehot(logits)).image
@@ -277,6 +280,8 @@ class FaceChain:
                 progress(Progress(stage, i, total, time.perf_counter() - start))
 
         img = as_rgb_uint8(image)
+        if restore:
+            self._restorer()  # a missing PSFRGAN file is reported before any detection work
         info: dict[str, Any] = {"align_mode": "aligned input" if aligned else self.align_mode,
                                 "e4e": Path(self.e4e_path).name, "parser": Path(self.parser_path).name}
         step("detect", 0)

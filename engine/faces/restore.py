@@ -174,7 +174,7 @@ def open_restorer(config: Any, store: Any) -> FaceRestorer:
     try:
         path = runtime_path(config, RESTORER_ROLE)
     except ModelMissing:
-        from engine.manifest import load_manifest, entry_paths
+        from engine.manifest import entry_paths, load_manifest
 
         entry = load_manifest().by_role(RESTORER_ROLE)
         where = entry_paths(entry, config)[0] if entry else config.models_dir / RESTORER_FILE

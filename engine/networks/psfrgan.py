@@ -101,8 +101,8 @@ class PSFRGenerator(nn.Module):
         self.img_out = nn.Conv2d(clip(head_ch), 3, 3, padding=1)
 
     @staticmethod
-    def _run(seq: nn.Sequential, x: torch.Tensor, ref: torch.Tensor) -> torch.Tensor:
-        for m in seq:
+    def _run(seq: nn.Module, x: torch.Tensor, ref: torch.Tensor) -> torch.Tensor:
+        for m in seq.children():
             x = m(x, ref) if isinstance(m, SPADEResBlock) else m(x)
         return x
 

@@ -85,7 +85,8 @@ def test_import_converts_to_safetensors(restorer, models_dir):
 
 def test_crops_match_official(result_a, fixtures_dir):
     out = result_a.raw
-    assert out.shape == (1, 3, 512, 512) and out.dtype == np.float32
+    assert out.shape == (1, 3, 512, 512)
+    assert out.dtype == np.float32
     center = np.load(fixtures_dir / "psfr_A_center128_expected.npy")
     corner = np.load(fixtures_dir / "psfr_A_corner32_expected.npy")
     avg = np.load(fixtures_dir / "psfr_A_avg128_expected.npy")
@@ -100,7 +101,8 @@ def test_crops_match_official(result_a, fixtures_dir):
 
 def test_png_matches_official_within_one_grey_level(result_a, fixtures_dir):
     expected = np.asarray(Image.open(fixtures_dir / "psfr_A_expected.png").convert("RGB")).astype(int)
-    assert result_a.image.shape == (512, 512, 3) and result_a.image.dtype == np.uint8
+    assert result_a.image.shape == (512, 512, 3)
+    assert result_a.image.dtype == np.uint8
     assert np.abs(result_a.image.astype(int) - expected).max() <= 1
 
 
@@ -147,7 +149,8 @@ def test_ties_in_the_logits_set_several_ones():
     logits = torch.zeros(1, 19, 2, 2)
     logits[0, 3, 0, 0] = 5.0
     onehot = parse_onehot(logits)
-    assert onehot[0, :, 0, 0].sum() == 1 and onehot[0, 3, 0, 0] == 1
+    assert onehot[0, :, 0, 0].sum() == 1
+    assert onehot[0, 3, 0, 0] == 1
     assert onehot[0, :, 1, 1].sum() == 19  # an exact tie, as in the official comparison with the max
 
 
