@@ -23,6 +23,7 @@ COMPONENT_ROLES: dict[str, tuple[str, ...]] = {
     "identity_proj": ("adapter",),
     "face_encoder": ("e4e",),
     "face_parser": ("parser",),
+    "face_restorer": ("restorer",),
 }
 EXPORTABLE = tuple(COMPONENT_ROLES)
 
@@ -114,6 +115,12 @@ class ComponentLoader:
             path = self._path("e4e")
             module = load_e4e(path, dtype=self.dtype)
             weights = (self._weights("e4e", path),)
+        elif component == "face_restorer":
+            from engine.networks.psfrgan import load_psfrgan
+
+            path = self._path("restorer")
+            module = load_psfrgan(path, dtype=self.dtype)
+            weights = (self._weights("restorer", path),)
         else:
             from engine.networks.parsenet import load_parsenet
 
