@@ -97,3 +97,20 @@ def test_help_lists_restore(capsys):
     assert "--parse-map" in out
     assert "--raw" in out
     assert "--psfrgan" in out
+
+
+def test_manifest_lists_psfrgan_as_an_optional_model(tmp_path):
+    from engine.config import EngineConfig
+    from engine.manifest import check_models, load_manifest
+
+    entry = load_manifest().by_role("restorer")
+    assert entry is not None
+    assert (entry.id, entry.path, entry.converted) == (
+        "psfrgan", "psfrgan_epoch15_net_G.pth", "psfrgan_epoch15_net_G.safetensors")
+    assert entry.required is False
+    assert "CC BY-NC-SA 4.0" in entry.licence
+    assert entry.approx_size == 184_000_000
+    assert "PSFRGAN" in entry.source_url
+    states = {s.role: s for s in check_models(EngineConfig(models_dir=tmp_path))}
+    assert states["restorer"].required is False
+    assert states["restorer"].status.name == "MISSING"
