@@ -42,7 +42,8 @@ class RestorePanel(QWidget):
         self.setObjectName("restorePanel")
         self.toggle = QCheckBox("Restore face (PSFRGAN)")
         self.toggle.setToolTip("Restore the aligned face before it is encoded — helps small, soft or "
-                               "compressed webcam faces (the official -s option)")
+                               "compressed webcam faces (the official -s option). Applies to Capture and opened "
+                               "photos; a Burst is encoded without it")
         self.reason = QLabel("")
         self.reason.setWordWrap(True)
         self.reason.setObjectName("gateHint")

@@ -104,3 +104,15 @@ def test_fullsize_generator_on_onnxruntime_matches_the_fixtures(fixtures_dir, tm
     expected = np.asarray(Image.open(fixtures_dir / "psfr_A_expected.png").convert("RGB")).astype(int)
     assert np.abs(got.image.astype(int) - expected).max() <= 1
     print(f"\n[fullsize] face_restorer: export {res.seconds:.1f} s, {res.info.onnx_size / 1e6:.0f} MB")
+
+
+def test_exporter_loads_the_generator_from_the_models_folder(tmp_path):
+    from engine.networks.psfrgan import PSFRGenerator as Full
+    from engine.testing.official_files import write_official_psfrgan
+    from export.sources import ComponentLoader
+
+    write_official_psfrgan(tmp_path / "psfrgan_epoch15_net_G.pth")
+    src = ComponentLoader(EngineConfig(models_dir=tmp_path, device="cpu")).load("face_restorer")
+    assert isinstance(src.module, Full)
+    assert [w.role for w in src.weights] == ["restorer"]
+    assert (tmp_path / "psfrgan_epoch15_net_G.safetensors").is_file()  # exports read the safe copy
