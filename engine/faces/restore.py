@@ -8,6 +8,7 @@ the one of the original face (the chain does that, `engine.faces.chain.FaceChain
 
 from __future__ import annotations
 
+import logging
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
@@ -16,6 +17,8 @@ from typing import Any
 import numpy as np
 
 from engine.errors import InvalidInput, ModelMissing
+
+log = logging.getLogger(__name__)
 
 NUM_CLASSES = 19
 RESTORER_FILE = "psfrgan_epoch15_net_G.pth"
@@ -152,8 +155,9 @@ def missing_restorer(where: Path) -> ModelMissing:
 
 
 def open_restorer(config: Any, store: Any) -> FaceRestorer:
-    """The restorer on the configured backend: ONNX Runtime when chosen and `<models>/onnx/face_restorer.onnx`
-    exists, else torch (the safetensors conversion of the checkpoint, made once).
+    """The restorer on the configured backend: ONNX Runtime when the backend is auto/onnxruntime/tensorrt and
+    `<models>/onnx/face_restorer.onnx` exists and opens, else torch (the checkpoint's safetensors
+    conversion, made once).
 
     Raises:
         ModelMissing: no PSFRGAN file (the message names it and where it goes).
@@ -162,15 +166,19 @@ def open_restorer(config: Any, store: Any) -> FaceRestorer:
     from engine.manifest import runtime_path
 
     device = resolve_device(config.device)
-    if config.backend in ("onnxruntime", "tensorrt"):
+    if config.backend in ("auto", "onnxruntime", "tensorrt"):
         from engine.backends.select import onnx_dir_for
 
         onnx = onnx_dir_for(config) / "face_restorer.onnx"
         if onnx.is_file():
             from engine.backends.ort_backend import OrtRunners
+            from engine.errors import EngineError
 
-            runners = store.get(("ort_restorer", str(onnx), device), lambda: OrtRunners(onnx.parent, device))
-            return FaceRestorer.from_runner(runners.get("face_restorer"))
+            try:
+                runners = store.get(("ort_restorer", str(onnx), device), lambda: OrtRunners(onnx.parent, device))
+                return FaceRestorer.from_runner(runners.get("face_restorer"))
+            except EngineError as exc:  # an explicit, logged fallback
+                log.warning("face restoration falls back to torch: %s", exc.user_message)
     try:
         path = runtime_path(config, RESTORER_ROLE)
     except ModelMissing:

@@ -78,13 +78,24 @@ def test_batch_of_two_runs(exported, small_generator):
 
 def test_open_restorer_uses_the_chosen_backend(exported, tmp_path):
     (tmp_path / "onnx").symlink_to(exported, target_is_directory=True)
-    ort = open_restorer(EngineConfig(models_dir=tmp_path, device="cpu", backend="onnxruntime"), ModelStore())
-    assert ort.backend == "onnxruntime"
+    for backend in ("onnxruntime", "auto"):
+        ort = open_restorer(EngineConfig(models_dir=tmp_path, device="cpu", backend=backend), ModelStore())
+        assert ort.backend == "onnxruntime"
     # torch chosen: the export is not used, and without the checkpoint that is an error naming it
     from engine.errors import ModelMissing
 
     with pytest.raises(ModelMissing, match=r"psfrgan_epoch15_net_G\.pth"):
         open_restorer(EngineConfig(models_dir=tmp_path, device="cpu", backend="torch"), ModelStore())
+
+
+def test_a_damaged_export_falls_back_to_torch(tmp_path, caplog):
+    from engine.errors import ModelMissing
+
+    (tmp_path / "onnx").mkdir()
+    (tmp_path / "onnx" / "face_restorer.onnx").write_bytes(b"not onnx")
+    with pytest.raises(ModelMissing, match=r"psfrgan_epoch15_net_G\.pth"):  # torch was tried: no checkpoint
+        open_restorer(EngineConfig(models_dir=tmp_path, device="cpu", backend="onnxruntime"), ModelStore())
+    assert "falls back to torch" in caplog.text
 
 
 @pytest.mark.slow
