@@ -87,6 +87,7 @@ class _Encode:
     name: str
     aligned: bool
     burst: bool
+    restore: bool = False  # PSFRGAN before e4e (single images only)
 
 
 @dataclass(frozen=True)
@@ -229,9 +230,9 @@ class EngineClient(QObject):
         self._box.put("preview", PreviewJob(gen, wplus, edits, size, exact))
         return gen
 
-    def encode(self, image: np.ndarray, *, name: str = "", aligned: bool = False) -> int:
+    def encode(self, image: np.ndarray, *, name: str = "", aligned: bool = False, restore: bool = False) -> int:
         gen = self.next_gen()
-        self._box.send(_Encode(gen, (image,), name, aligned, burst=False))
+        self._box.send(_Encode(gen, (image,), name, aligned, burst=False, restore=restore))
         return gen
 
     def encode_burst(self, images: Sequence[np.ndarray], *, name: str = "") -> int:
@@ -485,7 +486,8 @@ class EngineClient(QObject):
             if job.burst:
                 self.burst_ready.emit(job.gen, session.encode_burst(list(job.images), name=job.name))
             else:
-                ident: Identity = session.encode_identity(job.images[0], name=job.name, aligned=job.aligned)
+                ident: Identity = session.encode_identity(job.images[0], name=job.name, aligned=job.aligned,
+                                                          restore=job.restore)
                 self.identity_ready.emit(job.gen, ident)
         except Exception as exc:
             self.failed.emit(job.gen, FailureInfo.from_exception("encode", exc))

@@ -87,6 +87,7 @@ class Identity:
     aligned_face: np.ndarray | None = None  # uint8 512×512×3 RGB
     source: str = ""
     info: Mapping[str, Any] = field(default_factory=dict)
+    restored_face: np.ndarray | None = None  # uint8 512×512×3: the PSFRGAN-restored face e4e encoded, if any
 
     def __post_init__(self) -> None:
         object.__setattr__(self, "wplus", validate_wplus(self.wplus))
@@ -358,8 +359,10 @@ class EngineSession(Protocol):
 
     def encode_identity(
         self, image: np.ndarray, *, name: str = "", aligned: bool = False, face_index: int = 0,
-        token: Any = None, progress: Callable[[Progress], None] | None = None,
-    ) -> Identity: ...
+        restore: bool = False, token: Any = None, progress: Callable[[Progress], None] | None = None,
+    ) -> Identity:
+        """`restore`: PSFRGAN restores the aligned face before e4e (the official `-s`; needs its file)."""
+        ...
 
     def encode_burst(
         self, images: Sequence[np.ndarray], *, name: str = "",

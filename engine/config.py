@@ -37,6 +37,7 @@ class EngineConfig:
     e4e: str = ""
     adapter: str = ""
     parser: str = ""
+    psfrgan: str = ""  # PSFRGAN restoration generator (optional)
     cache_dir: Path | None = None
     channels_last: bool = True
     compile: bool = False

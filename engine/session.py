@@ -75,10 +75,11 @@ class Session:
 
     def encode_identity(
         self, image: np.ndarray, *, name: str = "", aligned: bool = False, face_index: int = 0,
-        token: Any = None, progress: ProgressFn = None,
+        restore: bool = False, token: Any = None, progress: ProgressFn = None,
     ) -> Identity:
         return self._face_chain().encode_identity(
-            image, name=name, aligned=aligned, face_index=face_index, token=token, progress=progress
+            image, name=name, aligned=aligned, face_index=face_index, restore=restore, token=token,
+            progress=progress,
         )
 
     def encode_burst(

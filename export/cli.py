@@ -18,6 +18,9 @@ from pathlib import Path
 from engine.errors import EngineError
 from export.sources import EXPORTABLE as COMPONENTS
 
+# Optional models: exported only when named with --components (a missing optional file is no failure).
+OPTIONAL_COMPONENTS = ("face_restorer",)
+
 
 def _profile(args: argparse.Namespace):
     from engine.backends.profiles import ShapeProfile
@@ -29,7 +32,7 @@ def _profile(args: argparse.Namespace):
 
 def _components(text: str | None) -> list[str]:
     if not text:
-        return list(COMPONENTS)
+        return [c for c in COMPONENTS if c not in OPTIONAL_COMPONENTS]
     names = [c.strip() for c in text.split(",") if c.strip()]
     bad = [c for c in names if c not in COMPONENTS]
     if bad:
@@ -175,7 +178,8 @@ def build_parser() -> argparse.ArgumentParser:
         p.add_argument("--max-side", type=int, default=1024)
         p.add_argument("--batch", type=int, default=1, help="images per call (the UNet sees 2× with CFG)")
         p.add_argument("--precision", choices=("fp32", "fp16"), default="fp32")
-        p.add_argument("--components", help=f"comma-separated subset of {', '.join(COMPONENTS)}")
+        p.add_argument("--components", help=f"comma-separated subset of {', '.join(COMPONENTS)} "
+                       f"(default: all but the optional {', '.join(OPTIONAL_COMPONENTS)})")
 
     p = sub.add_parser("onnx", help="export components to ONNX (one .onnx + .onnx.json each)")
     models_args(p)
@@ -188,7 +192,8 @@ def build_parser() -> argparse.ArgumentParser:
     p = sub.add_parser("verify", help="compare ONNX exports with the torch models (ONNX Runtime CPU)")
     models_args(p)
     p.add_argument("--onnx-dir", help="folder of the exports (default: <models>/onnx)")
-    p.add_argument("--components", help=f"comma-separated subset of {', '.join(COMPONENTS)}")
+    p.add_argument("--components", help=f"comma-separated subset of {', '.join(COMPONENTS)} "
+                       f"(default: all but the optional {', '.join(OPTIONAL_COMPONENTS)})")
     p.add_argument("--seeds", type=int, default=2, help="how many seeded inputs per component")
     p.set_defaults(func=cmd_verify)
 

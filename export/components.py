@@ -72,6 +72,9 @@ def example_inputs(
             value = torch.tanh(torch.randn(shape, generator=g))
         elif t.name == "wplus":
             value = 0.5 * torch.randn(shape, generator=g)
+        elif t.name == "parse":  # a one-hot class map (19 classes on axis 1), as ParseNet's argmax gives
+            classes = torch.randint(0, shape[1], (shape[0], *shape[2:]), generator=g)
+            value = torch.nn.functional.one_hot(classes, shape[1]).permute(0, 3, 1, 2).float()
         else:
             value = torch.randn(shape, generator=g)
         if value.is_floating_point():

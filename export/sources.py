@@ -22,6 +22,7 @@ COMPONENT_ROLES: dict[str, tuple[str, ...]] = {
     "face_encoder": ("e4e",),
     "face_parser": ("parser",),
     "stylegan_preview": ("e4e",),  # the StyleGAN2 generator stored in the e4e checkpoint
+    "face_restorer": ("restorer",),
 }
 EXPORTABLE = tuple(COMPONENT_ROLES)
 
@@ -115,6 +116,12 @@ class ComponentLoader:
             # No channels_last: layout hints mean nothing in ONNX. The module stops at the reduced 256² level.
             module = StyleGANPreview.from_checkpoint(path, channels_last=False).module.to(self.dtype)
             weights = (self._weights("e4e", path),)
+        elif component == "face_restorer":
+            from engine.networks.psfrgan import load_psfrgan
+
+            path = self._path("restorer")
+            module = load_psfrgan(path, dtype=self.dtype)
+            weights = (self._weights("restorer", path),)
         else:
             role = "e4e" if component == "face_encoder" else "parser"
             module = self.models.load(role, device="cpu", dtype=str(self.dtype).removeprefix("torch."))

@@ -39,6 +39,7 @@ TOLERANCES: Mapping[str, Mapping[str, Tolerance]] = {
         "face_encoder": Tolerance(1e-4),
         "identity_proj": Tolerance(1e-5),
         "face_parser": Tolerance(1e-4, 1e-5),
+        "face_restorer": Tolerance(1e-4),
         "stylegan_preview": Tolerance(1e-4),
     },
     "fp16": {
@@ -48,6 +49,7 @@ TOLERANCES: Mapping[str, Mapping[str, Tolerance]] = {
         "face_encoder": Tolerance(1e-2, 1e-2),
         "identity_proj": Tolerance(5e-3, 1e-2),
         "face_parser": Tolerance(5e-2, 1e-2),
+        "face_restorer": Tolerance(2e-2, 1e-2),
         "stylegan_preview": Tolerance(2e-2, 1e-2),
     },
 }

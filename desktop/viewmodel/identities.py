@@ -13,7 +13,7 @@ import logging
 import shutil
 import time
 import uuid
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any
 
@@ -106,11 +106,10 @@ class IdentityLibrary:
     # -- changes --------------------------------------------------------------------------------
     def add(self, identity: Identity, *, persist: bool = True) -> IdentityEntry:
         """Add (and by default save) an identity; its id becomes the folder name."""
-        ident = identity if identity.id else Identity(new_identity_id(), identity.name, identity.wplus,
-                                                      identity.aligned_face, identity.source, identity.info)
+        # replace() keeps every other field (e.g. the restored face shown after capture)
+        ident = identity if identity.id else replace(identity, id=new_identity_id())
         if not ident.name:
-            ident = Identity(ident.id, f"Person {len(self._entries) + 1}", ident.wplus, ident.aligned_face,
-                             ident.source, ident.info)
+            ident = replace(ident, name=f"Person {len(self._entries) + 1}")
         face = ident.aligned_face
         thumb = thumbnail(face, 128) if face is not None else None
         entry = IdentityEntry(ident, thumb, time.time(), None)

@@ -148,6 +148,8 @@ class StudioState:
         self._preview_kinds: dict[int, str] = {}
         self._dragging = False
         self._encodes: set[int] = set()
+        self.restore_faces = False  # PSFRGAN before e4e on single captures (the restore panel's toggle)
+        self._pending_name: dict[int, str] = {}
         self._preview_throttle = Throttle(self._send_preview, 33, timer, clock)
         self._live_throttle = Throttle(lambda: self._send_render(live=True), 80, timer, clock)
         self._final_timer = timer(lambda: self._send_render())
@@ -197,7 +199,7 @@ class StudioState:
 
     def capture(self, frame: np.ndarray, name: str = "") -> int:
         """Encode a camera frame or photo into a new identity (reported by `identity_changed`)."""
-        gen = self.client.encode(frame, name=name)
+        gen = self.client.encode(frame, name=name, restore=self.restore_faces)
         self._encodes.add(gen)
         self.encoding_changed.emit(True)
         self.status_message.emit("Encoding the face…")

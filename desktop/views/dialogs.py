@@ -37,7 +37,8 @@ LICENCE_HTML = """
 <p><b>W+ adapter weights and edit directions</b> — S-Lab License 1.0: non-commercial use only
 (Copyright 2023 S-Lab). The <b>e4e encoder</b> and <b>StyleGAN2-FFHQ</b> latent space are also
 non-commercial (NVIDIA Source Code License-NC; FFHQ). <b>Stable Diffusion 1.5</b> — CreativeML
-OpenRAIL-M: read its use restrictions.</p>
+OpenRAIL-M: read its use restrictions. The <b>PSFRGAN</b> face parser and the optional
+<b>PSFRGAN face restoration</b> generator — CC BY-NC-SA 4.0: non-commercial, share-alike.</p>
 <p>Images made with the identity features may therefore be used for <b>non-commercial</b> purposes only.</p>
 <h3>Consent</h3>
 <p>Capturing a person turns their face into a reusable identity. Only capture people who have agreed

@@ -32,6 +32,7 @@ from desktop.views.dialogs import LicenceDialog, ModelsDialog
 from desktop.views.edit_panel import EditPanel
 from desktop.views.generation_panel import GenerationPanel
 from desktop.views.identity_panel import IdentityPanel
+from desktop.views.restore_panel import RestorePanel
 from desktop.views.result_view import ResultView
 from desktop.views.widgets import Banner
 
@@ -91,10 +92,12 @@ class MainWindow(QMainWindow):
         self.generation_panel = GenerationPanel(studio.generation)
         self.edit_panel = EditPanel(studio.edits)
         self.result_view = ResultView()
+        self.restore_panel = RestorePanel()
 
         left = QSplitter(Qt.Orientation.Vertical)
         left.addWidget(self._card(self.camera_panel))
         left.addWidget(self._card(self.identity_panel))
+        left.addWidget(self._card(self.restore_panel))
         left.setStretchFactor(0, 5)
         left.setStretchFactor(1, 6)
         right = QSplitter(Qt.Orientation.Vertical)
@@ -248,6 +251,7 @@ class MainWindow(QMainWindow):
         self.camera_panel.source_chosen.connect(self._start_camera)
         self.camera_panel.stop_requested.connect(self.camera.stop)
         self.camera.failed.connect(lambda e: self.show_error(FailureInfo.from_exception("camera", e)))
+        self.restore_panel.connect_to(s, self.camera)
         ip.selected.connect(s.select_identity)
         ip.rename_requested.connect(self._rename)
         ip.delete_requested.connect(self._delete)

@@ -72,6 +72,11 @@ IO_SPEC: Mapping[str, ComponentSpec] = {
         (TensorSpec("image", ("B", 3, 512, 512)),),
         (TensorSpec("logits", ("B", 19, 512, 512)),),
     ),
+    "face_restorer": ComponentSpec(  # PSFRGAN generator (optional, the official -s step)
+        "face_restorer",
+        (TensorSpec("image", ("B", 3, 512, 512)), TensorSpec("parse", ("B", 19, 512, 512))),  # [-1, 1]; one-hot
+        (TensorSpec("restored", ("B", 3, 512, 512)),),  # unbounded (tensor2pil clips)
+    ),
     "stylegan_preview": ComponentSpec(
         "stylegan_preview",
         (TensorSpec("wplus", ("B", 18, 512)),),

@@ -19,6 +19,7 @@ from engine.logs import setup_cli_logging
 SUBCOMMAND_MODULES = (
     "engine.cli.align",
     "engine.cli.encode",
+    "engine.cli.restore",
     "engine.cli.edit",
     "engine.cli.generate",
     "engine.cli.preview",

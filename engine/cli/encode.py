@@ -31,6 +31,11 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     p.add_argument("--mode", choices=("official", "reflect"), default="official", help="alignment border mode")
     p.add_argument("--save-aligned", metavar="PNG", help="also write the aligned 512² face")
     add_backend_argument(p)
+    p.add_argument("--restore", action="store_true",
+                   help="restore the aligned face with PSFRGAN before encoding (the official -s; needs "
+                        "psfrgan_epoch15_net_G.pth)")
+    p.add_argument("--psfrgan", default="", help="PSFRGAN generator (default: in the models folder)")
+    p.add_argument("--save-restored", metavar="PNG", help="with --restore: also write the restored face")
     p.set_defaults(func=run)
 
 
@@ -43,17 +48,20 @@ def run(args: argparse.Namespace) -> int:
     from engine.images import load_image, save_png
     from engine.models.service import ModelService
 
-    config = config_from_args(args, e4e=args.e4e, parser=args.parser)
+    config = config_from_args(args, e4e=args.e4e, parser=args.parser, psfrgan=args.psfrgan)
     chain = FaceChain.from_service(ModelService(config))
     chain.align_mode = args.mode
     image = load_image(args.photo)
-    identity = chain.encode_identity(image, aligned=args.aligned, face_index=args.face)
+    identity = chain.encode_identity(image, aligned=args.aligned, face_index=args.face, restore=args.restore)
     atomic_write_with(args.output, lambda fh: np.save(fh, identity.wplus))
     if args.save_aligned and identity.aligned_face is not None:
         save_png(args.save_aligned, identity.aligned_face)
+    if args.save_restored and identity.restored_face is not None:
+        save_png(args.save_restored, identity.restored_face)
     for w in identity.info.get("warnings", ()):
         print(f"warning: {w}", file=sys.stderr)
     found = identity.info.get("faces_found")
     what = "aligned input" if args.aligned else f"face {args.face} of {found}"
-    print(f"{what}; whitened: {'yes' if identity.info.get('whitened') else 'no'} → {args.output}")
+    restored = "; restored (PSFRGAN)" if identity.info.get("restored") else ""
+    print(f"{what}; whitened: {'yes' if identity.info.get('whitened') else 'no'}{restored} → {args.output}")
     return 0

@@ -27,6 +27,8 @@ def register(subparsers: Any) -> None:
     src.add_argument("--image", metavar="FACE", help="a face photo, encoded with the face chain (e4e)")
     src.add_argument("--from-png", metavar="PNG", help="re-render an image saved by W+ Studio from its metadata")
     p.add_argument("--aligned", action="store_true", help="--image is already an FFHQ-aligned face")
+    p.add_argument("--restore", action="store_true",
+                   help="--image: restore the face with PSFRGAN before encoding (the official -s)")
     p.add_argument("--model", help="SD1.5 diffusers folder or single .safetensors (default: sd15/ in the models folder)")
     p.add_argument("--adapter", help="W+ adapter file (default: wplus_adapter.* in the models folder)")
     p.add_argument("--vae", help="separate VAE folder or file (default: vae/sd-vae-ft-mse in the models folder, if present)")
@@ -114,10 +116,12 @@ def run(args: argparse.Namespace) -> int:
                 from engine.images import load_image
 
                 identity = session.encode_identity(load_image(args.image), name=name or Path(args.image).stem,
-                                                   aligned=args.aligned)
+                                                   aligned=args.aligned, restore=args.restore)
                 wplus, name = identity.wplus, identity.name
                 for w in identity.info.get("warnings", ()):
                     print(f"warning: {w}", file=sys.stderr)
+            if args.restore and not args.image:
+                raise InvalidInput("--restore applies to --image (a face photo to encode).")
             edits = _parse_edits(args.set)
             if wplus is None and not edits.is_identity:
                 raise InvalidInput("--set needs an identity (--wplus or --image).")

@@ -18,9 +18,9 @@ from typing import TYPE_CHECKING, Any
 import numpy as np
 
 from engine.api import BurstResult, FaceBox, Identity, Progress
-from engine.errors import FaceNotFound, InvalidInput
+from engine.errors import FaceNotFound, InvalidInput, ModelMissing
 from engine.faces.align import AlignMode, align_face, resize_aligned
-from engine.faces.preprocess import e4e_input
+from engine.faces.preprocess import e4e_input, removal_mask
 from engine.faces.quality import QualityThresholds, assess
 from engine.images import as_rgb_uint8
 
@@ -61,6 +61,7 @@ class FacePrep:
     e4e_input: np.ndarray  # 1×3×256×256 float32
     whitened: bool
     info: dict[str, Any]
+    restored: np.ndarray | None = None  # 512×512×3 uint8 PSFRGAN output (tensor2pil), when restoration ran
 
 
 class FaceChain:
@@ -74,6 +75,7 @@ class FaceChain:
         align_mode: "official" (black fill) or "reflect".
         thresholds: quality gates for bursts.
         e4e_path, parser_path: shown in the identity's info.
+        restorer_loader: returns a FaceRestorer (engine.faces.restore); raises ModelMissing without the file.
     """
 
     def __init__(
@@ -86,6 +88,7 @@ class FaceChain:
         thresholds: QualityThresholds | None = None,
         e4e_path: str = "",
         parser_path: str = "",
+        restorer_loader: Callable[[], Any] | None = None,
     ) -> None:
         self._e4e_loader = e4e_loader
         self._parser_loader = parser_loader
@@ -96,6 +99,7 @@ class FaceChain:
         self.parser_path = parser_path
         self.backend_choice: Any = None  # engine.backends.select.BackendChoice when built from a config
         self._told: set[str] = set()
+        self._restorer_loader = restorer_loader
 
     @classmethod
     def from_service(cls, models: ModelService) -> FaceChain:
@@ -119,11 +123,17 @@ class FaceChain:
                 return models.get(("face_parser", str(parser_path), runners.backend),
                                   lambda: FaceParser(runners.get("face_parser")))
 
+        def restorer_loader():
+            from engine.faces.restore import open_restorer
+
+            return open_restorer(models)
+
         chain = cls(
             lambda: runners.get("face_encoder"),
             parser_loader,
             e4e_path=str(e4e_path),
             parser_path=str(parser_path or ""),
+            restorer_loader=restorer_loader,
         )
         chain.backend_choice = choice
         return chain
@@ -139,6 +149,11 @@ class FaceChain:
 
     def _parser(self):
         return self._parser_loader() if self._parser_loader is not None else None
+
+    def _restorer(self):
+        if self._restorer_loader is None:
+            raise ModelMissing("Face restoration is not available in this face chain.")
+        return self._restorer_loader()
 
     def find_faces(self, image: np.ndarray) -> list[FaceBox]:
         """Faces with landmarks, largest first (FaceNotFound with advice when there is none)."""
@@ -163,11 +178,31 @@ class FaceChain:
             )
         return aligned, width
 
-    def prepare_aligned(self, aligned: np.ndarray, info: dict[str, Any]) -> FacePrep:
-        """Whiten (when the parser is available) and build the e4e input of an aligned 512² face."""
+    def prepare_aligned(self, aligned: np.ndarray, info: dict[str, Any], *, restore: bool = False) -> FacePrep:
+        """Whiten (when the parser is available) and build the e4e input of an aligned 512² face.
+
+        With `restore`, the official `-s` order: ParseNet's logits of the ORIGINAL face give both the
+        restorer's one-hot and the whitening mask; e4e reads the restored face's PNG values.
+        """
         parser = self._parser()
         warnings = list(info.get("warnings", ()))
-        if parser is not None:
+        restored = None
+        if restore:
+            restorer = self._restorer()
+            if parser is None:
+                raise ModelMissing(
+                    "Face restoration needs the face parser (parse_multi_iter_90000.pth), which is not installed.",
+                    "Put parse_multi_iter_90000.pth in the models folder, or turn restoration off.",
+                )
+            from engine.faces.restore import parse_onehot
+
+            logits = parser.logits(aligned)
+            mask = removal_mask(logits[0].argmax(dim=0).to("cpu").numpy())
+            restored = restorer.restore(aligned, parse_onehot(logits)).image
+            x = e4e_input(restored, mask)
+            whitened = True
+            info["whitened_fraction"] = float((mask > 0).mean())
+        elif parser is not None:
             mask = parser.mask(aligned)
             x = e4e_input(aligned, mask)
             whitened = True
@@ -183,7 +218,8 @@ class FaceChain:
             self._told.add(choice.message)
         info["warnings"] = warnings
         info["whitened"] = whitened
-        return FacePrep(aligned=aligned, e4e_input=x, whitened=whitened, info=info)
+        info["restored"] = restored is not None
+        return FacePrep(aligned=aligned, e4e_input=x, whitened=whitened, info=info, restored=restored)
 
     def encode_input(self, x: np.ndarray) -> np.ndarray:
         """Run e4e on a prepared 1×3×256×256 input; returns W+ 1×18×512 float32."""
@@ -205,6 +241,7 @@ class FaceChain:
         name: str = "",
         aligned: bool = False,
         face_index: int = 0,
+        restore: bool = False,
         token: Any = None,
         progress: ProgressFn = None,
     ) -> Identity:
@@ -215,6 +252,7 @@ class FaceChain:
             name: the identity's display name.
             aligned: the image is already an FFHQ-aligned face: resized to 512² bilinearly, no detection.
             face_index: which face, largest first.
+            restore: restore the aligned face with PSFRGAN before encoding (the official `-s`; off by default).
             token: CancelToken checked between stages.
             progress: receives Progress(stage, step, total).
 
@@ -236,6 +274,8 @@ class FaceChain:
                 progress(Progress(stage, i, total, time.perf_counter() - start))
 
         img = as_rgb_uint8(image)
+        if restore:
+            self._restorer()  # a missing PSFRGAN file is reported before any detection work
         info: dict[str, Any] = {"align_mode": "aligned input" if aligned else self.align_mode,
                                 "e4e": Path(self.e4e_path).name, "parser": Path(self.parser_path).name}
         step("detect", 0)
@@ -259,12 +299,13 @@ class FaceChain:
             face_img, width = self.align(img, face)
             info["quad_width"] = width
         step("parse", 2)
-        prep = self.prepare_aligned(face_img, info)
+        prep = self.prepare_aligned(face_img, info, restore=restore)
         step("encode", 3)
         wplus = self.encode_input(prep.e4e_input)
         step("done", 4)
         return Identity(
-            id=uuid.uuid4().hex, name=name, wplus=wplus, aligned_face=prep.aligned, source="photo", info=prep.info
+            id=uuid.uuid4().hex, name=name, wplus=wplus, aligned_face=prep.aligned, source="photo", info=prep.info,
+            restored_face=prep.restored,
         )
 
     def encode_burst(

@@ -17,7 +17,8 @@ from engine.models.folder import user_path
 from engine.models.manifest import Manifest, ModelEntry, how_to_get
 
 # Roles that EngineConfig can point elsewhere (the CLI's --model, --vae, --e4e, --adapter, --parser).
-CONFIG_FIELD_BY_ROLE = {"sd15": "sd_model", "vae": "vae", "e4e": "e4e", "adapter": "adapter", "parser": "parser"}
+CONFIG_FIELD_BY_ROLE = {"sd15": "sd_model", "vae": "vae", "e4e": "e4e", "adapter": "adapter", "parser": "parser",
+                        "restorer": "psfrgan"}
 # How a missing role is named to the user (the manifest's description otherwise).
 ROLE_LABELS = {
     "sd15": "Stable Diffusion 1.5 model",

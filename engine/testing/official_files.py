@@ -106,3 +106,17 @@ def write_official_adapter(
 
     torch.save(rule_adapter(w_proj, wplus_adapter), path)
     return Path(path)
+
+
+def write_official_psfrgan(path: str | os.PathLike[str]) -> Path:
+    """Write `psfrgan_epoch15_net_G.pth` as the official file is: a plain state dict (raw keys), rule weights.
+
+    Shapes come from the product's own layout (`engine.networks.psfrgan.psfrgan_layout`); the fidelity
+    test pins that layout to PSFRGAN.md §2 (111 keys, 45,956,995 parameters) independently.
+    """
+    import torch
+
+    from engine.networks.psfrgan import psfrgan_layout
+
+    torch.save(rule_tensors(psfrgan_layout()), path)
+    return Path(path)

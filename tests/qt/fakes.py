@@ -112,7 +112,8 @@ class FakeSession:
         return w
 
     def encode_identity(self, image: np.ndarray, *, name: str = "", aligned: bool = False, face_index: int = 0,
-                        token: Any = None, progress: Callable[[Progress], None] | None = None) -> Identity:
+                        restore: bool = False, token: Any = None,
+                        progress: Callable[[Progress], None] | None = None) -> Identity:
         self._note()
         img = np.asarray(image)
         if img.ndim != 3 or img.shape[2] != 3:
