@@ -148,7 +148,7 @@ def draw_augmentation(rng: np.random.Generator, resolution: int, fullbody: bool 
     return Augmentation(
         angle=float(rng.uniform(-10.0, 10.0)), scale=float(rng.uniform(lo, hi)),
         border=int(BORDERS[rng.integers(len(BORDERS))]),
-        short_side=int(rng.integers(resolution, int(round(resolution * STORED_SHORT_SIDE / 512)) + 1)),
+        short_side=int(rng.integers(resolution, round(resolution * STORED_SHORT_SIDE / 512) + 1)),
         crop_u=float(rng.random()), crop_v=float(rng.random()),
         brightness=float(rng.uniform(0.8, 1.2)), contrast=float(rng.uniform(0.8, 1.2)),
         saturation=float(rng.uniform(0.8, 1.2)),
@@ -193,7 +193,7 @@ def augment_wild(image: np.ndarray, mask: np.ndarray, box: Sequence[float], aug:
     x0, y0, x1, y1 = box
     corners = np.array([[x0, y0, 1], [x1, y0, 1], [x0, y1, 1], [x1, y1, 1]], np.float64) @ mat.T
     k = aug.short_side / min(h, w)
-    nw, nh = max(resolution, int(round(w * k))), max(resolution, int(round(h * k)))
+    nw, nh = max(resolution, round(w * k)), max(resolution, round(h * k))
     img = cv2.resize(img, (nw, nh), interpolation=cv2.INTER_AREA if k < 1 else cv2.INTER_LINEAR)
     msk = cv2.resize(msk, (nw, nh), interpolation=cv2.INTER_LINEAR)
     fx0, fy0 = corners[:, 0].min() * nw / w, corners[:, 1].min() * nh / h
@@ -204,7 +204,7 @@ def augment_wild(image: np.ndarray, mask: np.ndarray, box: Sequence[float], aug:
         hi = int(np.clip(math.floor(lo_face), 0, size - resolution))
         if hi < lo:  # the face is larger than the crop: centre on it
             return int(np.clip(round((lo_face + hi_face - resolution) / 2), 0, size - resolution))
-        return lo + int(round(u * (hi - lo)))
+        return lo + round(u * (hi - lo))
 
     cx, cy = start(fx0, fx1, nw, aug.crop_u), start(fy0, fy1, nh, aug.crop_v)
     img = img[cy:cy + resolution, cx:cx + resolution].astype(np.float32)

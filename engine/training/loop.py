@@ -234,8 +234,8 @@ def train(cfg: TrainConfig, *, on_step: Callable[[int, dict[str, float]], None] 
         InvalidInput: bad arguments or dataset; a --resume that does not match the run.
         StorageError: a checkpoint could not be written (the previous one is kept).
     """
-    from accelerate import Accelerator
-    from accelerate.utils import set_seed
+    from accelerate import Accelerator  # type: ignore[import-untyped]
+    from accelerate.utils import set_seed  # type: ignore[import-untyped]
 
     cfg.check()
     run_dir = Path(cfg.out)
@@ -265,7 +265,7 @@ def train(cfg: TrainConfig, *, on_step: Callable[[int, dict[str, float]], None] 
 
     alphas = ddpm_alphas_cumprod(sched_cfg).to(accelerator.device)
     perturb = PerturbationSampler.from_resources() if cfg.stage == 2 else None
-    loader = torch.utils.data.DataLoader(
+    loader: torch.utils.data.DataLoader[Any] = torch.utils.data.DataLoader(
         TorchItems(dataset),  # type: ignore[arg-type]
         batch_sampler=StreamSampler(len(dataset), cfg.seed, cfg.batch, rank, world, start * cfg.grad_accum,
                                     cfg.steps * cfg.grad_accum),

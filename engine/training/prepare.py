@@ -27,7 +27,15 @@ from typing import Any
 import numpy as np
 
 from engine.errors import EngineError, InvalidInput
-from engine.training.data import DEFAULT_CAPTION, FORMAT, INFO, MANIFEST, STORED_SHORT_SIDE, VERSION, read_manifest
+from engine.training.data import (
+    DEFAULT_CAPTION,
+    FORMAT,
+    INFO,
+    MANIFEST,
+    STORED_SHORT_SIDE,
+    VERSION,
+    read_manifest,
+)
 
 log = logging.getLogger(__name__)
 PHOTO_SUFFIXES = (".jpg", ".jpeg", ".png", ".webp", ".bmp", ".tif", ".tiff")
@@ -150,7 +158,7 @@ def process_photo(chain: Any, photo: Path, stage: int, out: Path) -> dict[str, A
         else:
             mask = landmark_hull_mask(face.landmarks, (h, w))
         k = STORED_SHORT_SIDE / min(h, w)
-        size = (int(round(w * k)), int(round(h * k)))
+        size = (round(w * k), round(h * k))
         interp = cv2.INTER_AREA if k < 1 else cv2.INTER_CUBIC
         stored = cv2.resize(image, size, interpolation=interp)
         mask = cv2.resize(mask, size, interpolation=cv2.INTER_LINEAR)
@@ -249,7 +257,7 @@ class _Bar:
     def __init__(self, total: int, enabled: bool) -> None:
         self.bar = None
         if enabled and total:
-            from tqdm import tqdm
+            from tqdm import tqdm  # type: ignore[import-untyped]
 
             self.bar = tqdm(total=total, unit="photo", file=sys.stderr, dynamic_ncols=True)
         self.failed = 0

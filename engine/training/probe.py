@@ -59,7 +59,7 @@ def read_probe(path: str | os.PathLike[str]) -> dict[str, np.ndarray]:
 def probe_losses(
     unet: Any, wproj: Any, scheduler_config: Mapping[str, Any], arrays: Mapping[str, np.ndarray],
     lambdas: Lambdas = Lambdas(),
-) -> dict[str, float]:
+) -> dict[str, Any]:
     """The four stage-2 losses of the batch in `arrays`, in the dtype/device of `unet`."""
     p = next(unet.parameters())
 
@@ -71,7 +71,7 @@ def probe_losses(
         z_t = add_noise(t("latents"), t("noise"), steps, ddpm_alphas_cumprod(scheduler_config))
         losses = adapter_losses(unet, wproj, z_t, steps, t("noise"), t("text_embeds"), t("wplus"), stage=2,
                                 wplus_perturbed=t("wplus_perturbed"), mask=t("mask"), lambdas=lambdas)
-    out = {k: float(v) for k, v in losses.items()}
+    out: dict[str, Any] = {k: float(v) for k, v in losses.items()}
     out.update(lambda_disen=lambdas.disen, lambda_preserve=lambdas.preserve, batch=int(arrays["latents"].shape[0]),
                dtype=str(p.dtype).removeprefix("torch."))
     return out
@@ -79,7 +79,7 @@ def probe_losses(
 
 def run_probe(probe: str | os.PathLike[str], model: str | os.PathLike[str], adapter: str | os.PathLike[str],
               output: str | os.PathLike[str], *, lambdas: Lambdas = Lambdas(), device: str = "cpu",
-              dtype: torch.dtype = torch.float32) -> dict[str, float]:
+              dtype: torch.dtype = torch.float32) -> dict[str, Any]:
     """Load SD1.5 + the adapter, compute the probe's losses, write them as JSON (atomically)."""
     from engine.fileio import atomic_write_bytes
     from engine.networks.sd15 import load_sd15

@@ -42,7 +42,7 @@ def write_synthetic_dataset(folder: str | Path, stage: int, n: int, size: int = 
             img = _face(w[0], size)
             item.update(image=f"images/{item_id}.png", face_box=[0, 0, size, size])
         else:
-            hh, ww = int(round(size * 560 / 512)), int(round(size * 1.25))
+            hh, ww = round(size * 560 / 512), round(size * 1.25)
             bg = np.zeros((hh, ww, 3), np.float32) + rng.uniform(30, 220, 3)
             bg += rng.normal(0, 20, (hh, ww, 3))
             cy, cx, r = hh * 0.35, ww * 0.5, size * 0.22

@@ -38,7 +38,7 @@ def test_stage1_initialisation_is_attn2_qkv(tiny_sd, tmp_path):
     from engine.networks.wplus import wplus_processors
 
     comps = _load(tiny_sd)
-    unet, wproj, *_ = loop._build_models(_cfg(tiny_sd, "", tmp_path), "cpu", torch.float32, comps)
+    unet, _wproj, *_ = loop._build_models(_cfg(tiny_sd, "", tmp_path), "cpu", torch.float32, comps)
     procs = wplus_processors(unet)
     assert len(procs) == sum(1 for n in unet.attn_processors if n.endswith("attn2.processor"))
     for name, proc in procs.items():
@@ -82,7 +82,8 @@ def test_frozen_parameters_stay_bit_identical_and_only_the_paper_s_tensors_train
     expected = sorted(f"{n.removesuffix('.processor')}.processor.{k}" for n, p in procs.items()
                       for k, _ in p.named_parameters())
     assert seen["grad"] == expected  # inside the UNet only the 16·3 W+ projections (here 2·3) train
-    assert seen["frozen_grad"] == [] and seen["unet_grads"] == []  # grads cleared after the step, none on frozen
+    assert seen["frozen_grad"] == []
+    assert seen["unet_grads"] == []
     from engine.checkpoints import load_adapter_checkpoint
 
     out = load_adapter_checkpoint(res.adapter)
@@ -92,7 +93,7 @@ def test_frozen_parameters_stay_bit_identical_and_only_the_paper_s_tensors_train
         assert not torch.equal(out.w_proj["proj_0.weight"], torch.zeros(1))
     trained = {k: v for k, v in out.wplus_adapter.items()}
     init_q = {n: comps.unet.get_submodule(n.removesuffix(".processor")).to_q.weight for n in procs}
-    assert stage == 2 or any(not torch.equal(trained[k], init_q[list(procs)[0]]) for k in trained
+    assert stage == 2 or any(not torch.equal(trained[k], init_q[next(iter(procs))]) for k in trained
                              if k.endswith("to_q_wplus.weight"))
 
 
@@ -116,7 +117,8 @@ def test_written_adapter_has_the_official_layout_and_generates(tiny_sd, stage1_a
         rc = main(["generate", "--model", str(tiny_sd), "--adapter", str(adapter), "--wplus", str(tmp_path / "w.npy"),
                    "--steps", "2", "--width", "64", "--height", "64", "--quiet", "--out", str(out),
                    "--device", "cpu", "--dtype", "float32"])
-        assert rc == 0 and out.stat().st_size > 0
+        assert rc == 0
+        assert out.stat().st_size > 0
 
 
 def _adapter_tensors(run):
@@ -127,21 +129,24 @@ def _adapter_tensors(run):
 
 def test_resume_after_ctrl_c_continues_bit_exactly(tiny_sd, data2, stage1_adapter, tmp_path):
     kw = dict(stage=2, init=str(stage1_adapter), steps=4, save_every=3)
-    full = train(_cfg(tiny_sd, data2, tmp_path / "a", **kw))
+    train(_cfg(tiny_sd, data2, tmp_path / "a", **kw))
 
     def ctrl_c(step, losses):
         if step == 2:
             signal.raise_signal(signal.SIGINT)
 
     part = train(_cfg(tiny_sd, data2, tmp_path / "b", **kw), on_step=ctrl_c)
-    assert part.interrupted and part.step == 2
+    assert part.interrupted
+    assert part.step == 2
     assert json.loads((tmp_path / "b" / "latest.json").read_text())["step"] == 2
     with pytest.raises(InvalidInput, match="seed=0"):
         train(_cfg(tiny_sd, data2, tmp_path / "b", resume=True, seed=1, **kw))
     done = train(_cfg(tiny_sd, data2, tmp_path / "b", resume=True, **kw))
-    assert done.step == 4 and not done.interrupted
+    assert done.step == 4
+    assert not done.interrupted
     a, b = _adapter_tensors(tmp_path / "a"), _adapter_tensors(tmp_path / "b")
-    assert a.keys() == b.keys() and all(torch.equal(a[k], b[k]) for k in a)
+    assert a.keys() == b.keys()
+    assert all(torch.equal(a[k], b[k]) for k in a)
     log = [json.loads(x) for x in (tmp_path / "b" / "log.jsonl").read_text().splitlines()]
     full_log = [json.loads(x) for x in (tmp_path / "a" / "log.jsonl").read_text().splitlines()]
     assert [r["loss"] for r in log] == [r["loss"] for r in full_log]
@@ -187,7 +192,7 @@ def test_bad_datasets_are_refused_with_what_is_wrong(tiny_sd, data1, tmp_path):
         TrainDataset(_write_dataset(tmp_path / "empty", 1, ""), 1, 64)
     with pytest.raises(InvalidInput, match=r"damaged manifest.jsonl \(line 1"):
         TrainDataset(_write_dataset(tmp_path / "bad", 1, "{not json\n"), 1, 64)
-    with pytest.raises(InvalidInput, match="is a stage-1 dataset .* stage 2 needs in-the-wild"):
+    with pytest.raises(InvalidInput, match=r"is a stage-1 dataset .* stage 2 needs in-the-wild"):
         TrainDataset(data1, 2, 64)
     wrong = _write_dataset(tmp_path / "wrong", 1, json.dumps({"id": "a", "image": "a.png", "wplus": "a.npy"}))
     np.save(wrong / "a.npy", np.zeros((1, 18, 256), np.float32))

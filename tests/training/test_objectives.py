@@ -76,7 +76,8 @@ def test_probe_cli_float32_matches_float64_reference(tiny_sd, tmp_path):
                "--adapter", str(adapter), "-o", str(tmp_path / "losses.json"), "--device", "cpu"])
     assert rc == 0
     got = json.loads((tmp_path / "losses.json").read_text())
-    assert got["lambda_disen"] == 2.0 and got["lambda_preserve"] == 1.0
+    assert got["lambda_disen"] == 2.0
+    assert got["lambda_preserve"] == 1.0
     unet64 = unet.double()
     wproj = load_wplus_adapter(unet64, adapter).double()
     sched = json.loads((tiny_sd / "scheduler" / "scheduler_config.json").read_text())
@@ -91,7 +92,12 @@ def test_probe_full_size_rule_unet_matches_float64(fixtures_dir):
     """Full-size SD1.5 UNet with rule weights (run under `flock /tmp/bigmem.lock`)."""
     from diffusers import UNet2DConditionModel
 
-    from engine.networks.wplus import WProj, apply_adapter_state, expected_adapter_shapes, install_wplus_processors
+    from engine.networks.wplus import (
+        WProj,
+        apply_adapter_state,
+        expected_adapter_shapes,
+        install_wplus_processors,
+    )
     from engine.testing.wbn import fill_module, rule_state_dict
     from engine.training.probe import probe_losses
 
@@ -149,7 +155,8 @@ def test_drop_rates_are_5_5_5_percent():
     both = sum(1 for d in draws if d == (True, True))
     for c in (w_only, t_only, both):
         assert _binom_ok(c, n, 0.05)
-    assert ob.draw_drop(0.0) == (True, False) and ob.draw_drop(0.151) == (False, False)
+    assert ob.draw_drop(0.0) == (True, False)
+    assert ob.draw_drop(0.151) == (False, False)
 
 
 @pytest.fixture(scope="module")
@@ -165,23 +172,32 @@ def test_perturbation_kinds_and_direction_draws_match_the_paper(sampler):
     for c, p in zip(kinds, ob.PERTURBATION_PROBS, strict=True):
         assert _binom_ok(c, n, p)
     mix = np.array([p.scalar for p in plans if p.kind == ob.MIX])
-    assert mix.min() >= -40 and mix.max() <= 40 and abs(mix.mean()) < 4.5 * 40 / np.sqrt(3 * len(mix))
+    assert mix.min() >= -40
+    assert mix.max() <= 40
+    assert abs(mix.mean()) < 4.5 * 40 / np.sqrt(3 * len(mix))
     ks = np.array([p.scalar * 10 for p in plans if p.kind == ob.SCALED_CODE])
-    assert np.allclose(ks, np.round(ks)) and ks.min() >= -60 and ks.max() <= 60
+    assert np.allclose(ks, np.round(ks))
+    assert ks.min() >= -60
+    assert ks.max() <= 60
     kn = np.array([p.scalar * 10 for p in plans if p.kind == ob.SCALED_NOISE])
-    assert kn.min() >= -80 and kn.max() <= 80 and len(set(kn.round().astype(int))) > 100
+    assert kn.min() >= -80
+    assert kn.max() <= 80
+    assert len(set(kn.round().astype(int))) > 100
     draws = [d for p in plans for d in p.d1 + p.d2]
     listed = sum(1 for d in draws if d.list_index >= 0)
     assert _binom_ok(listed, len(draws), 0.6)
     s = np.array([d.strength for d in draws])
-    assert s.min() >= -60 and s.max() <= 60
+    assert s.min() >= -60
+    assert s.max() <= 60
     # uniform on (−60, 60): deciles within 4.5σ of 10 %
     hist = np.histogram(s, bins=10, range=(-60, 60))[0]
     assert all(_binom_ok(h, len(s), 0.1) for h in hist)
     assert len({d.list_index for d in draws if d.list_index >= 0}) == 17
     assert len({d.ganspace for d in draws if d.ganspace >= 0}) == len(sampler.configs)
     blends = np.concatenate([p.blend for p in plans if p.kind == ob.TWO_DIRECTIONS])
-    assert blends.min() >= 0 and blends.max() <= 1 and abs(blends.mean() - 0.5) < 0.03
+    assert blends.min() >= 0
+    assert blends.max() <= 1
+    assert abs(blends.mean() - 0.5) < 0.03
 
 
 def test_perturbation_formulas(sampler):
@@ -206,7 +222,7 @@ def test_perturbation_formulas(sampler):
     p = ob.PerturbationPlan(ob.ONE_DIRECTION, perm, 0.0, None, (d_list, d_gs, d_list, d_gs))
     out = sampler.apply(p, w, dropped)
     assert np.allclose(out[0], w[0] + 12.0 * sampler.att[2])
-    k, start, end = sampler.configs[gs]
+    k, _start, end = sampler.configs[gs]
     coord = (out[1][0] - sampler.mean) @ sampler.comp[k] / sampler.std[k]
     assert coord == pytest.approx(-33.0, abs=1e-5)  # GANSpace sets the absolute coordinate
     assert np.array_equal(out[1][end:], w[1][end:])
@@ -222,4 +238,5 @@ def test_att_direction_list_uses_the_shipped_files(sampler):
     age_ig = np.load(resource_path("directions") / "interfacegan" / "age.npy").reshape(512)
     assert np.allclose(sampler.att[0], np.repeat(age_ig[None], 18, 0))
     angry = np.load(resource_path("directions") / "latent_directions" / "emotion_angry.npy").reshape(18, 512)
-    assert np.array_equal(sampler.att[4], angry) and np.array_equal(sampler.att[15], angry)
+    assert np.array_equal(sampler.att[4], angry)
+    assert np.array_equal(sampler.att[15], angry)

@@ -49,9 +49,11 @@ def test_stage1_and_stage2_builds(photos, tmp_path):
     assert r1.done == 1
     reasons = {p["photo"].rsplit("/", 1)[-1]: p["reason"] for p in r1.failed}
     assert set(reasons) == {"blank.png", "broken.jpg", "two.png"}
-    assert "No face" in reasons["blank.png"] and "2 faces" in reasons["two.png"]
+    assert "No face" in reasons["blank.png"]
+    assert "2 faces" in reasons["two.png"]
     report = json.loads((tmp_path / "d1" / "report.json").read_text())
-    assert len(report["failed"]) == 3 and report["added"] == 1
+    assert len(report["failed"]) == 3
+    assert report["added"] == 1
     item = read_manifest(tmp_path / "d1")[0]
     assert item["caption"].startswith("an astronaut")
     aligned = cv2.cvtColor(cv2.imread(str(tmp_path / "d1" / item["image"])), cv2.COLOR_BGR2RGB)
@@ -64,14 +66,16 @@ def test_stage1_and_stage2_builds(photos, tmp_path):
 
     # resumable: a second run adds nothing and skips the done photo
     again = build_dataset(photos, tmp_path / "d1", 1, small_chain, workers=1, progress=False)
-    assert (again.done, again.skipped) == (0, 1) and len(read_manifest(tmp_path / "d1")) == 1
+    assert (again.done, again.skipped) == (0, 1)
+    assert len(read_manifest(tmp_path / "d1")) == 1
     with pytest.raises(InvalidInput, match="stage-1 dataset"):
         build_dataset(photos, tmp_path / "d1", 2, small_chain, workers=1, progress=False)
 
     r2 = build_dataset(photos, tmp_path / "d2", 2, small_chain, workers=1, progress=False)
     assert r2.done == 1
     it2 = read_manifest(tmp_path / "d2")[0]
-    assert it2["whitened"] is True and it2["mask_source"] == "parser"
+    assert it2["whitened"] is True
+    assert it2["mask_source"] == "parser"
     img = cv2.imread(str(tmp_path / "d2" / it2["image"]))
     assert min(img.shape[:2]) == 560
     w2 = np.load(tmp_path / "d2" / it2["wplus"])
@@ -84,7 +88,8 @@ def test_stage1_and_stage2_builds(photos, tmp_path):
     assert mask[y0:y1, x0:x1].mean() > 3 * mask.mean()
     ds = TrainDataset(tmp_path / "d2", 2, 64, seed=0)
     sample = ds.get(0, 0)
-    assert sample["pixel_values"].shape == (3, 64, 64) and sample["mask"].shape == (1, 64, 64)
+    assert sample["pixel_values"].shape == (3, 64, 64)
+    assert sample["mask"].shape == (1, 64, 64)
     assert sample["caption"] in ("an astronaut in a white suit", "woman smiling, flag behind")
     assert 0.0 < sample["mask"].mean() < 1.0
     assert torch.from_numpy(sample["wplus"]).shape == (18, 512)
