@@ -248,3 +248,20 @@ def _adapter_tensors_init(path):
     from safetensors.torch import load_file
 
     return load_file(str(path.with_suffix(".safetensors")))
+
+
+def test_train_and_dataset_cli(tiny_sd, data1, tmp_path, capsys):
+    from engine.cli import main
+
+    rc = main(["train", "--stage", "1", "--model", str(tiny_sd), "--data", str(data1), "--out", str(tmp_path / "r"),
+               "--steps", "1", "--batch", "2", "--resolution", "64", "--workers", "0", "--device", "cpu", "--quiet"])
+    out = capsys.readouterr()
+    assert rc == 0, out.err
+    assert "Trained 1 steps" in out.out
+    assert (tmp_path / "r" / "wplus_adapter.safetensors").is_file()
+    (tmp_path / "photos").mkdir()
+    (tmp_path / "models").mkdir()
+    rc = main(["dataset", "build", str(tmp_path / "photos"), "-o", str(tmp_path / "d"), "--stage", "1",
+               "--models-dir", str(tmp_path / "models"), "--workers", "1"])
+    assert rc == 1
+    assert "e4e face encoder is missing" in capsys.readouterr().err
