@@ -95,13 +95,13 @@ def landmark_hull_mask(landmarks: np.ndarray, shape: tuple[int, int]) -> np.ndar
     return mask
 
 
-def parser_face_mask(parser: Any, aligned: np.ndarray, landmarks: np.ndarray, shape: tuple[int, int]) -> np.ndarray:
-    """ParseNet face classes of the aligned crop, warped back into the photo through the alignment quad."""
+def parser_face_mask(labels: np.ndarray, landmarks: np.ndarray, shape: tuple[int, int]) -> np.ndarray:
+    """ParseNet face classes of the aligned crop (its label map), warped back into the photo through the quad."""
     import cv2
 
     from engine.faces.align import face_quad
 
-    face = np.isin(parser.labels(aligned), FACE_LABELS).astype(np.uint8) * 255
+    face = np.isin(labels, FACE_LABELS).astype(np.uint8) * 255
     corners = face_quad(landmarks).corners.astype(np.float32)  # → aligned UL, LL, LR, UR
     s = float(face.shape[0])
     square = np.array([[0, 0], [0, s], [s, s], [s, 0]], np.float32)
@@ -149,13 +149,17 @@ def process_photo(chain: Any, photo: Path, stage: int, out: Path) -> dict[str, A
         h, w = image.shape[:2]
         if min(h, w) < MIN_SHORT_SIDE:
             raise InvalidInput(f"the photo is too small ({w}×{h}; the short side must be at least {MIN_SHORT_SIDE}).")
-        prep = chain.prepare_aligned(aligned, {})
-        wplus = chain.encode_input(prep.e4e_input)
         parser = chain._parser()
         assert face.landmarks is not None
         if parser is not None:
-            mask = parser_face_mask(parser, aligned, face.landmarks, (h, w))
+            # one parse serves both the whitening (as FaceChain.prepare_aligned) and the face region
+            from engine.faces.preprocess import removal_mask
+
+            labels = parser.labels(aligned)
+            wplus = chain.encode_input(e4e_input(aligned, removal_mask(labels)))
+            mask = parser_face_mask(labels, face.landmarks, (h, w))
         else:
+            wplus = chain.encode_input(chain.prepare_aligned(aligned, {}).e4e_input)
             mask = landmark_hull_mask(face.landmarks, (h, w))
         k = STORED_SHORT_SIDE / min(h, w)
         size = (round(w * k), round(h * k))
@@ -167,7 +171,7 @@ def process_photo(chain: Any, photo: Path, stage: int, out: Path) -> dict[str, A
         write_png(f"masks/{item_id}.png", mask)
         box = [face.left * k, face.top * k, face.right * k, face.bottom * k]
         record.update(image=f"images/{item_id}.png", mask=f"masks/{item_id}.png", face_box=[float(v) for v in box],
-                      face_area=float((mask > 0).sum()), framing="portrait", whitened=bool(prep.whitened),
+                      face_area=float((mask > 0).sum()), framing="portrait", whitened=parser is not None,
                       mask_source="parser" if parser is not None else "landmarks")
     write_npy(record["wplus"], np.asarray(wplus, np.float32).reshape(1, 18, 512))
     return record

@@ -93,3 +93,22 @@ def test_stage1_and_stage2_builds(photos, tmp_path):
     assert sample["caption"] in ("an astronaut in a white suit", "woman smiling, flag behind")
     assert 0.0 < sample["mask"].mean() < 1.0
     assert torch.from_numpy(sample["wplus"]).shape == (18, 512)
+
+
+def chain_without_parser():
+    from engine.faces.chain import FaceChain
+
+    chain = small_chain()
+    return FaceChain(chain._e4e_loader, None)
+
+
+def test_stage2_without_parser_uses_the_landmark_hull(photos, tmp_path):
+    rep = build_dataset(photos, tmp_path / "d", 2, chain_without_parser, workers=1, progress=False)
+    assert rep.done == 1
+    item = read_manifest(tmp_path / "d")[0]
+    assert item["mask_source"] == "landmarks"
+    assert item["whitened"] is False
+    mask = cv2.imread(str(tmp_path / "d" / item["mask"]), cv2.IMREAD_GRAYSCALE)
+    x0, y0, x1, y1 = (int(v) for v in item["face_box"])
+    assert mask[y0:y1, x0:x1].mean() > 150  # the hull covers the detected face box
+    assert mask.mean() < 0.5 * mask[y0:y1, x0:x1].mean()
