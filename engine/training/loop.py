@@ -276,7 +276,7 @@ def train(cfg: TrainConfig, *, on_step: Callable[[int, dict[str, float]], None] 
     step, losses_out = start, {}
     saved_at = start if resume_from is not None else -1
     with _Interrupt() as interrupt:
-        while step < cfg.steps and not interrupt.flag:
+        while step < cfg.steps and not _stop_requested(accelerator, interrupt.flag):
             t0 = time.perf_counter()
             sums: dict[str, float] = {}
             for k in range(cfg.grad_accum):
@@ -304,12 +304,20 @@ def train(cfg: TrainConfig, *, on_step: Callable[[int, dict[str, float]], None] 
             if step % cfg.save_every == 0 or step == cfg.steps:
                 _save(accelerator, run_dir, step, unet, wproj, cfg)
                 saved_at = step
-        interrupted = interrupt.flag and step < cfg.steps
+        interrupted = step < cfg.steps
         if interrupted and saved_at != step:
             _save(accelerator, run_dir, step, unet, wproj, cfg)
     adapter = run_dir / ADAPTER_BIN if (run_dir / ADAPTER_BIN).is_file() else None
     accelerator.end_training()
     return TrainResult(step, interrupted, run_dir, adapter, losses_out)
+
+
+def _stop_requested(accelerator: Any, flag: bool) -> bool:
+    """Ctrl-C reaches the processes at different moments: agree on it, or they would deadlock in a collective."""
+    if accelerator.num_processes == 1:
+        return flag
+    votes = accelerator.reduce(torch.tensor([float(flag)], device=accelerator.device), "sum")
+    return bool(votes.item() > 0)
 
 
 def _check_resume(cfg: TrainConfig, run_dir: Path) -> Path:
