@@ -340,27 +340,39 @@ def _check_resume(cfg: TrainConfig, run_dir: Path) -> Path:
 
 
 def _build_models(cfg: TrainConfig, device: Any, weight_dtype: torch.dtype, components: Any) -> tuple[Any, ...]:
-    from engine.networks.sd15 import load_sd15
-    from engine.networks.wplus import WProj, install_wplus_processors, load_wplus_adapter, wplus_processors
+    """Frozen parts in `weight_dtype`; the trained tensors (and WProj) in float32, initialised without rounding.
 
-    comps = components if components is not None else load_sd15(cfg.model, device=device, dtype=weight_dtype)
+    The model is loaded in float32 so the W+ projections copy attn2's q/k/v (or the --init adapter) exactly,
+    and only then are the frozen modules cast for mixed precision.
+    """
+    from engine.checkpoints import load_adapter_checkpoint
+    from engine.networks.sd15 import load_sd15
+    from engine.networks.wplus import WProj, apply_adapter_state, install_wplus_processors, wplus_processors
+
+    comps = components if components is not None else load_sd15(cfg.model, device=device, dtype=torch.float32)
     unet, vae, text_encoder = comps.unet, comps.vae, comps.text_encoder
+    ckpt = load_adapter_checkpoint(cfg.init) if cfg.init else None
+    install_wplus_processors(unet)  # to_{q,k,v}_wplus ← attn2's q/k/v
+    procs = wplus_processors(unet)
+    with torch.random.fork_rng(devices=[]):
+        torch.manual_seed(cfg.seed)
+        wproj = WProj(unet.config.cross_attention_dim)
+    for proc in procs.values():
+        proc.to(dtype=torch.float32)
+    if ckpt is not None:
+        apply_adapter_state(unet, wproj, ckpt.w_proj, ckpt.wplus_adapter, source=str(cfg.init))
+    saved = {n: {k: v.detach().clone() for k, v in p.state_dict().items()} for n, p in procs.items()}
     for m in (unet, vae, text_encoder):
         p = next(m.parameters())
         if p.dtype != weight_dtype or p.device != torch.device(device):
             m.to(device=device, dtype=weight_dtype)
         m.eval().requires_grad_(False)
-    if cfg.init:
-        wproj = load_wplus_adapter(unet, cfg.init)
-    else:
-        install_wplus_processors(unet)  # to_{q,k,v}_wplus ← attn2's q/k/v
-        with torch.random.fork_rng(devices=[]):
-            torch.manual_seed(cfg.seed)
-            wproj = WProj(unet.config.cross_attention_dim)
     # fp32 master weights for what is trained (accelerate's autocast runs the forward in fp16/bf16)
+    for n, proc in procs.items():
+        proc.to(device=device, dtype=torch.float32)
+        proc.load_state_dict(saved[n])
+        proc.requires_grad_(True)
     wproj.to(device=device, dtype=torch.float32).requires_grad_(cfg.stage == 1)
-    for proc in wplus_processors(unet).values():
-        proc.to(device=device, dtype=torch.float32).requires_grad_(True)
     if cfg.gradient_checkpointing:
         unet.enable_gradient_checkpointing()
     return unet, wproj, vae, text_encoder, comps.tokenizer, comps.scheduler_config

@@ -265,3 +265,27 @@ def test_train_and_dataset_cli(tiny_sd, data1, tmp_path, capsys):
                "--models-dir", str(tmp_path / "models"), "--workers", "1"])
     assert rc == 1
     assert "e4e face encoder is missing" in capsys.readouterr().err
+
+
+def test_mixed_precision_bf16_keeps_float32_master_weights(tiny_sd, data2, stage1_adapter, tmp_path):
+    """bf16 autocast on the CPU (the fp16 path of a GPU is the same code); own process: accelerate's state is global."""
+    import os
+    import subprocess
+    import sys
+    from pathlib import Path
+
+    repo = Path(__file__).resolve().parents[2]
+    env = dict(os.environ, HF_HUB_OFFLINE="1", OMP_NUM_THREADS="1", PYTHONPATH=str(repo))
+    cmd = [sys.executable, "-m", "engine", "train", "--stage", "2", "--model", str(tiny_sd), "--data", str(data2),
+           "--init", str(stage1_adapter), "--out", str(tmp_path / "r"), "--steps", "2", "--batch", "2",
+           "--resolution", "64", "--workers", "0", "--device", "cpu", "--quiet", "--mixed-precision", "bf16",
+           "--gradient-checkpointing"]
+    proc = subprocess.run(cmd, capture_output=True, text=True, cwd=repo, env=env, timeout=300)
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    raw = torch.load(tmp_path / "r" / "wplus_adapter.bin", map_location="cpu", weights_only=True)
+    assert {v.dtype for v in raw["wplus_adapter"].values()} == {torch.float32}
+    init = torch.load(stage1_adapter, map_location="cpu", weights_only=True)
+    assert all(torch.equal(init["w_proj"][k], v) for k, v in raw["w_proj"].items())
+    assert any(not torch.equal(init["wplus_adapter"][k], v) for k, v in raw["wplus_adapter"].items())
+    log = [json.loads(x) for x in (tmp_path / "r" / "log.jsonl").read_text().splitlines()]
+    assert all(np.isfinite(r["loss"]) for r in log)
