@@ -26,6 +26,8 @@ SUBCOMMAND_MODULES = (
     "engine.cli.likeness",
     "engine.cli.models",
     "engine.cli.info",
+    "engine.cli.dataset",
+    "engine.cli.train",
 )
 
 
