@@ -39,10 +39,10 @@ def make_chain(models_dir: str, e4e: str, parser: str, device: str) -> Any:
     """A FaceChain for one worker process (module-level so worker pools can pickle it)."""
     from engine.config import EngineConfig
     from engine.faces.chain import FaceChain
-    from engine.store import ModelStore
+    from engine.models.service import ModelService
 
     cfg = EngineConfig(models_dir=Path(models_dir), device=device, e4e=e4e, parser=parser)
-    return FaceChain.from_config(cfg, ModelStore())
+    return FaceChain.from_service(ModelService(cfg))
 
 
 def run_build(args: argparse.Namespace) -> int:

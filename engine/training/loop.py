@@ -171,7 +171,7 @@ def official_adapter(unet: Any, wproj: nn.Module) -> dict[str, dict[str, torch.T
 
 def write_adapter(unet: Any, wproj: nn.Module, folder: Path) -> Path:
     """Write `wplus_adapter.bin` (official layout) and its `.safetensors` into `folder`, each atomically."""
-    from engine.checkpoints import convert_to_safetensors
+    from engine.models.convert import convert_to_safetensors
     from engine.fileio import atomic_open
 
     folder.mkdir(parents=True, exist_ok=True)
@@ -345,7 +345,7 @@ def _build_models(cfg: TrainConfig, device: Any, weight_dtype: torch.dtype, comp
     The model is loaded in float32 so the W+ projections copy attn2's q/k/v (or the --init adapter) exactly,
     and only then are the frozen modules cast for mixed precision.
     """
-    from engine.checkpoints import load_adapter_checkpoint
+    from engine.networks.wplus import load_adapter_checkpoint
     from engine.networks.sd15 import load_sd15
     from engine.networks.wplus import WProj, apply_adapter_state, install_wplus_processors, wplus_processors
 

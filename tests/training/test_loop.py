@@ -69,7 +69,7 @@ def test_frozen_parameters_stay_bit_identical_and_only_the_paper_s_tensors_train
     init = None if stage == 1 else str(stage1_adapter)
     wproj_before = None
     if stage == 2:
-        from engine.checkpoints import load_adapter_checkpoint
+        from engine.networks.wplus import load_adapter_checkpoint
 
         wproj_before = load_adapter_checkpoint(stage1_adapter).w_proj
     res = train(_cfg(tiny_sd, data, tmp_path / "run", stage=stage, init=init, steps=3, save_every=3),
@@ -84,7 +84,7 @@ def test_frozen_parameters_stay_bit_identical_and_only_the_paper_s_tensors_train
     assert seen["grad"] == expected  # inside the UNet only the 16·3 W+ projections (here 2·3) train
     assert seen["frozen_grad"] == []
     assert seen["unet_grads"] == []
-    from engine.checkpoints import load_adapter_checkpoint
+    from engine.networks.wplus import load_adapter_checkpoint
 
     out = load_adapter_checkpoint(res.adapter)
     if stage == 2:  # WProj frozen: bit-identical to the stage-1 adapter
@@ -100,7 +100,7 @@ def test_frozen_parameters_stay_bit_identical_and_only_the_paper_s_tensors_train
 def test_written_adapter_has_the_official_layout_and_generates(tiny_sd, stage1_adapter, tmp_path):
     from diffusers import UNet2DConditionModel
 
-    from engine.checkpoints import load_adapter_checkpoint
+    from engine.networks.wplus import load_adapter_checkpoint
     from engine.cli import main
     from engine.networks.wplus import expected_adapter_shapes
 
@@ -168,7 +168,7 @@ def test_disk_full_while_saving_keeps_the_last_good_checkpoint(tiny_sd, data1, t
         train(_cfg(tiny_sd, data1, run, steps=4, save_every=2))
     assert json.loads((run / "latest.json").read_text())["step"] == 2
     assert not list((run / "checkpoints").glob(".*part"))
-    from engine.checkpoints import load_adapter_checkpoint
+    from engine.networks.wplus import load_adapter_checkpoint
 
     load_adapter_checkpoint(run / "wplus_adapter.bin")
     monkeypatch.setattr(loop, "write_adapter", real)
