@@ -171,8 +171,8 @@ def official_adapter(unet: Any, wproj: nn.Module) -> dict[str, dict[str, torch.T
 
 def write_adapter(unet: Any, wproj: nn.Module, folder: Path) -> Path:
     """Write `wplus_adapter.bin` (official layout) and its `.safetensors` into `folder`, each atomically."""
-    from engine.models.convert import convert_to_safetensors
     from engine.fileio import atomic_open
+    from engine.models.convert import convert_to_safetensors
 
     folder.mkdir(parents=True, exist_ok=True)
     with atomic_open(folder / ADAPTER_BIN) as fh:
@@ -345,9 +345,14 @@ def _build_models(cfg: TrainConfig, device: Any, weight_dtype: torch.dtype, comp
     The model is loaded in float32 so the W+ projections copy attn2's q/k/v (or the --init adapter) exactly,
     and only then are the frozen modules cast for mixed precision.
     """
-    from engine.networks.wplus import load_adapter_checkpoint
     from engine.networks.sd15 import load_sd15
-    from engine.networks.wplus import WProj, apply_adapter_state, install_wplus_processors, wplus_processors
+    from engine.networks.wplus import (
+        WProj,
+        apply_adapter_state,
+        install_wplus_processors,
+        load_adapter_checkpoint,
+        wplus_processors,
+    )
 
     comps = components if components is not None else load_sd15(cfg.model, device=device, dtype=torch.float32)
     unet, vae, text_encoder = comps.unet, comps.vae, comps.text_encoder

@@ -100,9 +100,8 @@ def test_frozen_parameters_stay_bit_identical_and_only_the_paper_s_tensors_train
 def test_written_adapter_has_the_official_layout_and_generates(tiny_sd, stage1_adapter, tmp_path):
     from diffusers import UNet2DConditionModel
 
-    from engine.networks.wplus import load_adapter_checkpoint
     from engine.cli import main
-    from engine.networks.wplus import expected_adapter_shapes
+    from engine.networks.wplus import expected_adapter_shapes, load_adapter_checkpoint
 
     raw = torch.load(stage1_adapter, map_location="cpu", weights_only=True)
     assert set(raw) == {"w_proj", "wplus_adapter"}
