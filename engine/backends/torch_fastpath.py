@@ -158,9 +158,11 @@ class UNetStep:
         text_embeds: torch.Tensor,
         wplus_tokens: torch.Tensor,
         wplus_scale: torch.Tensor | float,
+        control: tuple[torch.Tensor, ...] | None = None,
     ) -> torch.Tensor:
-        if not (self.fn.active or self.graphs_enabled):
-            return self.module(sample, timestep, text_embeds, wplus_tokens, wplus_scale)
+        if control or not (self.fn.active or self.graphs_enabled):
+            # ControlNet residuals are per-step inputs of their own: such steps run eagerly.
+            return self.module(sample, timestep, text_embeds, wplus_tokens, wplus_scale, control)
         scale = self.prepare_scale(wplus_scale)
         if isinstance(timestep, torch.Tensor):
             # The pipeline passes t.expand(batch) (stride 0); dynamo guards strides, so one layout means one
