@@ -37,7 +37,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from engine.errors import InvalidInput, ModelCorrupt, ModelMissing, WrongModelFamily
+from engine.errors import InvalidInput, ModelMissing, WrongModelFamily
 
 _HINT = "Use an SD1.5 LoRA: the W+ adapter works with SD1.5 models only."
 _PEFT_PREFIXES = {"unet.": "unet", "text_encoder.": "text_encoder", "te.": "text_encoder"}
@@ -169,14 +169,14 @@ def read_lora(path: str | Path) -> LoraFile:
     return LoraFile(p, tuple(layers), file_short_hash(p))
 
 
-def module_index(root: nn.Module, component: str) -> dict[str, nn.Module]:
+def module_index(root: nn.Module, component: str) -> dict[str, nn.Linear | nn.Conv2d]:
     """Linear/Conv2d modules of a component by every name a LoRA may use for them.
 
     Both kohya's `_` spelling and the dotted path, with and without the CLIP `text_model.` prefix
     (transformers 5 drops it in memory, files keep it). The W+ processors' own projections are left out:
     they are the adapter's weights, never a LoRA target.
     """
-    index: dict[str, nn.Module] = {}
+    index: dict[str, nn.Linear | nn.Conv2d] = {}
     for name, mod in root.named_modules():
         if not isinstance(mod, (nn.Linear, nn.Conv2d)) or ".processor." in name:
             continue
@@ -192,7 +192,7 @@ def module_index(root: nn.Module, component: str) -> dict[str, nn.Module]:
 
 @dataclass
 class _Target:
-    module: nn.Module
+    module: nn.Linear | nn.Conv2d
     deltas: list[tuple[LoraLayer, float]] = field(default_factory=list)
 
 
@@ -206,7 +206,7 @@ class LoraPatcher:
 
     def __init__(self, unet: nn.Module, text_encoder: nn.Module) -> None:
         self.roots = {"unet": unet, "text_encoder": text_encoder}
-        self._originals: dict[int, tuple[nn.Module, torch.Tensor]] = {}
+        self._originals: dict[int, tuple[nn.Linear | nn.Conv2d, torch.Tensor]] = {}
         self._hooks: list[Any] = []
         self._files: dict[tuple[str, int, float], LoraFile] = {}
         self.key: tuple[Any, ...] = ()

@@ -20,7 +20,16 @@ from typing import Any
 
 import numpy as np
 
-from engine.api import WPLUS_SHAPE, ControlKind, ControlSpec, EditState, GenerateRequest, LoraSpec, Result, Scheduler
+from engine.api import (
+    WPLUS_SHAPE,
+    ControlKind,
+    ControlSpec,
+    EditState,
+    GenerateRequest,
+    LoraSpec,
+    Result,
+    Scheduler,
+)
 from engine.errors import ImageUnreadable, InvalidInput
 
 CHUNK_KEY = "wplus-studio"
