@@ -30,7 +30,11 @@ def build_controlnet(unet: Any, seed: int = 31) -> Any:
 
     with torch.random.fork_rng(devices=[]):
         torch.manual_seed(seed)
-        cn = ControlNetModel.from_unet(unet, load_weights_from_unet=True)
+        cn = ControlNetModel.from_unet(unet, load_weights_from_unet=False)
+        # The UNet's own weights where the ControlNet shares its layout (not the W+ processors' weights,
+        # which from_unet's strict copy would trip over when the adapter is installed).
+        own = cn.state_dict()
+        cn.load_state_dict({k: v for k, v in unet.state_dict().items() if k in own}, strict=False)
         with torch.no_grad():
             for name, p in cn.named_parameters():
                 if name.startswith(("controlnet_down_blocks", "controlnet_mid_block", "controlnet_cond_embedding")):

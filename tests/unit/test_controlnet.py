@@ -53,6 +53,8 @@ def _reference(tiny, controlnet, req: GenerateRequest, image: np.ndarray, spec: 
     from engine.pipeline.schedulers import make_scheduler
 
     c = load_sd15(tiny / "sd15")
+    if req.freeu:
+        c.unet.enable_freeu(s1=0.6, s2=0.4, b1=1.1, b2=1.2)
     ref = StableDiffusionControlNetPipeline(
         vae=c.vae, text_encoder=c.text_encoder, tokenizer=c.tokenizer, unet=c.unet, controlnet=controlnet,
         scheduler=make_scheduler(req.scheduler, c.scheduler_config), safety_checker=None, feature_extractor=None,
@@ -67,16 +69,18 @@ def _reference(tiny, controlnet, req: GenerateRequest, image: np.ndarray, spec: 
     ).images[0]
 
 
-@pytest.mark.parametrize(("scheduler", "start", "end", "scale"), [
-    (Scheduler.EULER, 0.0, 1.0, 1.0),
-    (Scheduler.DPMPP_2M_KARRAS, 0.25, 0.75, 0.6),
+@pytest.mark.parametrize(("scheduler", "start", "end", "scale", "freeu"), [
+    (Scheduler.EULER, 0.0, 1.0, 1.0, False),
+    (Scheduler.DPMPP_2M_KARRAS, 0.25, 0.75, 0.6, False),
+    (Scheduler.EULER, 0.0, 1.0, 0.8, True),
 ])
-def test_scale_zero_equals_diffusers_controlnet_pipeline(pipe, tiny, controlnet_files, scheduler, start, end, scale):
+def test_scale_zero_equals_diffusers_controlnet_pipeline(pipe, tiny, controlnet_files, scheduler, start, end, scale,
+                                                         freeu):
     single, _folder, cn = controlnet_files
     image = _control_image(128, 128)  # resized to 64×64 as diffusers does
     spec = ControlSpec(str(single), image, scale=scale, start=start, end=end)
     req = GenerateRequest(prompt="a portrait photo", seed=5, steps=4, scheduler=scheduler, scale=0.0,
-                          wplus=tiny_wplus(2), controls=(spec,), **SMALL)
+                          wplus=tiny_wplus(2), controls=(spec,), freeu=freeu, **SMALL)
     pipe.clear_caches()
     ours, _, _ = pipe.render_float(req)
     ref = _reference(tiny, cn, req, image, spec)
@@ -113,7 +117,8 @@ def test_controlnet_never_receives_the_wplus_tokens(pipe, controlnet_files):
         handle.remove()
         h2.remove()
     text = torch.cat([pipe.encode_text(req.negative_prompt)[0], pipe.encode_text(req.prompt)[0]])
-    assert len(seen) == 3 and unet_seen == [81, 81, 81]
+    assert len(seen) == 3
+    assert unet_seen == [81, 81, 81]
     for hidden in seen:
         assert hidden.shape == (2, 77, 768)
         assert torch.equal(hidden, text)  # exactly the text tokens: nothing of the identity
@@ -178,7 +183,7 @@ def test_other_aspect_ratio_is_scaled_to_cover_and_centre_cropped():
 def test_missing_controlnet_is_named(pipe, tmp_path):
     missing = tmp_path / "control_v11p_sd15_canny.safetensors"
     req = GenerateRequest(steps=1, controls=(ControlSpec(str(missing), _control_image()),), **SMALL)
-    with pytest.raises(ModelMissing, match="control_v11p_sd15_canny.safetensors"):
+    with pytest.raises(ModelMissing, match=r"control_v11p_sd15_canny\.safetensors"):
         pipe.render(req)
 
 
@@ -202,9 +207,12 @@ def test_sdxl_and_sd2_controlnets_are_refused_by_name(tmp_path, cross, extra, fa
         load_controlnet(p)
     folder = tmp_path / "folder"
     folder.mkdir()
-    (folder / "config.json").write_text(
-        '{"_class_name": "ControlNetModel", "cross_attention_dim": %d%s}'
-        % (cross, ', "addition_embed_type": "text_time"' if cross == 2048 else ""))
+    import json
+
+    cfg = {"_class_name": "ControlNetModel", "cross_attention_dim": cross}
+    if cross == 2048:
+        cfg["addition_embed_type"] = "text_time"
+    (folder / "config.json").write_text(json.dumps(cfg))
     with pytest.raises(WrongModelFamily, match=family):
         load_controlnet(folder)
 

@@ -50,7 +50,8 @@ def test_generate_with_control_and_lora_from_relative_paths(tiny, files, monkeyp
     (c,) = meta["controls"]
     assert c["model"] == str(files / "control_v11p_sd15_openpose.safetensors")
     assert (c["scale"], c["start"], c["end"], c["kind"]) == (0.7, 0.0, 0.5, "openpose")
-    assert meta["loras"][0]["path"] == str(files / "style.safetensors") and meta["loras"][0]["weight"] == 0.6
+    assert meta["loras"][0]["path"] == str(files / "style.safetensors")
+    assert meta["loras"][0]["weight"] == 0.6
     a = np.asarray(Image.open(files / "with.png").convert("RGB"))
     assert not np.array_equal(a, np.asarray(Image.open(files / "without.png").convert("RGB")))
     rc = main(["--models-dir", str(tiny), "--device", "cpu", "generate", "--from-png", "with.png", "--quiet",
@@ -77,8 +78,11 @@ def test_control_pairs_and_missing_files_are_reported(tiny, files, monkeypatch, 
 def test_lora_argument_weights():
     assert parse_lora_arg("a.safetensors").weight == 1.0
     spec = parse_lora_arg("dir/a.safetensors:0.5")
-    assert spec.path.endswith("dir/a.safetensors") and spec.weight == 0.5 and spec.text_weight is None
+    assert spec.path.endswith("dir/a.safetensors")
+    assert spec.weight == 0.5
+    assert spec.text_weight is None
     spec = parse_lora_arg("C:/loras/a.safetensors:0.5:0.25")
-    assert spec.path.endswith("C:/loras/a.safetensors") and (spec.weight, spec.text_weight) == (0.5, 0.25)
+    assert spec.path.endswith("C:/loras/a.safetensors")
+    assert (spec.weight, spec.text_weight) == (0.5, 0.25)
     with pytest.raises(InvalidInput):
         parse_lora_arg(":0.5")

@@ -151,7 +151,7 @@ def test_sdxl_and_sd2_loras_are_refused_by_name(tmp_path, keys, family):
 
 def test_missing_lora_is_named(pipe, tmp_path):
     req = GenerateRequest(steps=1, loras=(LoraSpec(str(tmp_path / "gone.safetensors")),), **SMALL)
-    with pytest.raises(ModelMissing, match="gone.safetensors"):
+    with pytest.raises(ModelMissing, match=r"gone\.safetensors"):
         pipe.render(req)
 
 
@@ -160,4 +160,5 @@ def test_lora_passed_as_model_hints_at_lora(lora_files):
 
     with pytest.raises(WrongModelFamily) as info:
         load_sd15(lora_files[0])
-    assert "LoRA" in info.value.user_message and "--lora" in (info.value.hint or "")
+    assert "LoRA" in info.value.user_message
+    assert "--lora" in (info.value.hint or "")

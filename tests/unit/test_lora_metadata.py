@@ -60,4 +60,6 @@ def test_a1111_parameters_use_lora_tags_hashes_and_controlnet_units():
 
 def test_no_loras_no_controls_no_extra_fields():
     text = a1111_parameters(_result(GenerateRequest(width=64, height=64)), 0)
-    assert "<lora:" not in text and "Lora hashes" not in text and "ControlNet" not in text
+    assert "<lora:" not in text
+    assert "Lora hashes" not in text
+    assert "ControlNet" not in text
