@@ -64,8 +64,11 @@ def _export_graph(
     dtype = PRECISIONS[precision]
     module = module.eval().to(dtype)
     args = tuple(v.to(dtype) if v.is_floating_point() else v for v in inputs.values())
-    dynamic = tuple({0: torch.export.Dim.DYNAMIC} if dynamic_batch and v.ndim >= 1 and v.shape[0] == 2 else None
-                    for v in args)
+    dynamic: tuple[Any, ...] = tuple({0: torch.export.Dim.DYNAMIC} if dynamic_batch and v.ndim >= 1 and v.shape[0] == 2
+                                     else None for v in args)
+    if isinstance(module, UNetControlModule):
+        # forward(…5 inputs, *residuals): torch.export wants the variadic part as one nested tuple
+        dynamic = (*dynamic[:5], tuple(dynamic[5:]))
     try:
         program = torch.onnx.export(module, args, None, input_names=list(inputs), output_names=list(output_names),
                                     opset_version=DEFAULT_OPSET, dynamo=True, dynamic_shapes=dynamic, optimize=True,

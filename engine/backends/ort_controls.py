@@ -138,9 +138,9 @@ class OrtControls:
         if name == "unet" and folder == self.onnx_dir:
             return self._base_get("unet")
         if not target.is_file():
-            what = {"unet_control": "a UNet graph that takes ControlNet residuals",
-                    "unet_freeu": "a FreeU variant of the UNet",
-                    "unet_control_freeu": "a FreeU variant of the ControlNet UNet"}.get(name, name)
+            what = {"unet_control": "UNet graph that takes ControlNet residuals",
+                    "unet_freeu": "FreeU variant of the UNet",
+                    "unet_control_freeu": "FreeU variant of the ControlNet UNet"}.get(name, name)
             where = f"the LoRA set {st['lora_label']}" if st["lora_dir"] else f"the ONNX export in {self.onnx_dir}"
             flags = ("--freeu " if "freeu" in name else "") + ("--control-unet " if "control" in name else "")
             raise BackendUnavailable(

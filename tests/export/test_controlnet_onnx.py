@@ -29,9 +29,9 @@ def _pose() -> np.ndarray:
 @pytest.fixture(scope="module")
 def setup(tiny_models, exported, tmp_path_factory):
     """The base exports copied, plus a ControlNet graph, the FreeU UNet and one LoRA set with unet_control."""
+    from engine.networks.wplus import WPlusUNet
     from engine.testing.controls import build_controlnet, write_a1111_controlnet, write_kohya_lora
     from export.controls import export_controlnet, export_lora_set, export_unet_variants
-    from engine.networks.wplus import WPlusUNet
 
     d = tmp_path_factory.mktemp("controls-onnx")
     onnx_dir = d / "onnx"

@@ -224,3 +224,36 @@ def test_a_full_checkpoint_is_not_a_controlnet(tiny, tmp_path):
     p = write_ldm_single_file(tiny / "sd15", tmp_path / "model.safetensors", include_vae=False)
     with pytest.raises(WrongModelFamily, match="full Stable Diffusion checkpoint"):
         load_controlnet(p)
+
+
+def test_full_size_a1111_layout_keys_and_config_from_shapes():
+    """At SD1.5's real architecture (meta tensors): the key names of control_v11p_sd15_*.safetensors, and the
+    config our loader derives from their shapes."""
+    import json
+
+    from diffusers import ControlNetModel, UNet2DConditionModel
+
+    from engine.networks.controlnet import config_from_ldm_shapes, convert_ldm_controlnet
+    from engine.networks.sd15 import default_config_dir
+    from engine.testing.controls import controlnet_to_a1111
+
+    base = json.loads((default_config_dir() / "unet" / "config.json").read_text())
+    with torch.device("meta"):
+        cn = ControlNetModel.from_unet(UNet2DConditionModel.from_config(base), load_weights_from_unet=False)
+    ldm = controlnet_to_a1111(cn.state_dict(), dict(cn.config))
+    for key in ("control_model.input_hint_block.0.weight", "control_model.input_hint_block.14.weight",
+                "control_model.zero_convs.11.0.weight", "control_model.middle_block_out.0.weight",
+                "control_model.input_blocks.11.0.out_layers.3.weight", "control_model.time_embed.2.weight",
+                "control_model.input_blocks.1.1.transformer_blocks.0.attn2.to_k.weight",
+                "control_model.middle_block.1.proj_in.weight", "control_model.input_blocks.9.0.op.weight"):
+        assert key in ldm, key
+    assert len(ldm) == len(cn.state_dict())
+    core = {k.removeprefix("control_model."): tuple(v.shape) for k, v in ldm.items()}
+    cfg = config_from_ldm_shapes(core, base)
+    assert cfg["block_out_channels"] == [320, 640, 1280, 1280]
+    assert cfg["layers_per_block"] == 2
+    assert cfg["down_block_types"] == ["CrossAttnDownBlock2D"] * 3 + ["DownBlock2D"]
+    assert cfg["conditioning_embedding_out_channels"] == [16, 32, 96, 256]
+    assert (cfg["cross_attention_dim"], cfg["conditioning_channels"], cfg["use_linear_projection"]) == (768, 3, False)
+    back = convert_ldm_controlnet({k.removeprefix("control_model."): v for k, v in ldm.items()}, cfg)
+    assert set(back) == set(cn.state_dict())
