@@ -77,7 +77,7 @@ def _diffusers(full, req: GenerateRequest, *, control=None, lora=None) -> np.nda
 
     comps, _wproj, cn, _cn_path, _lora, plain = full
     wplus = dict(comps.unet.attn_processors)
-    comps.unet.set_attn_processor(plain)  # diffusers' stock processors on the same weights
+    comps.unet.set_attn_processor(dict(plain))  # (set_attn_processor empties the dict it is given) diffusers' stock processors on the same weights
     try:
         kw = {"vae": comps.vae, "text_encoder": comps.text_encoder, "tokenizer": comps.tokenizer, "unet": comps.unet,
               "scheduler": make_scheduler(req.scheduler, comps.scheduler_config), "safety_checker": None,
@@ -100,7 +100,7 @@ def _diffusers(full, req: GenerateRequest, *, control=None, lora=None) -> np.nda
             if lora is not None:
                 ref.unload_lora_weights()
     finally:
-        comps.unet.set_attn_processor(wplus)
+        comps.unet.set_attn_processor(dict(wplus))
 
 
 def test_fullsize_controlnet_and_lora_equal_diffusers(full):
