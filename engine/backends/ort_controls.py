@@ -167,6 +167,7 @@ class OrtControls:
         """The runner for `component` when controls decide it, else None (the plain lookup applies)."""
         st = self._controls_state()
         if component == "unet":
+            self._base_get("unet")  # the plain export must exist and be sound: opened (and checked) now, as before
             return UNetRouter(self)
         if component == "text_encoder" and st["lora_dir"] is not None:
             return self._open(st["lora_dir"] / "text_encoder.onnx", "text_encoder")
