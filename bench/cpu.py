@@ -7,7 +7,9 @@ Measures, on tiny real models built in code (no weights needed):
 2. the step-cache speedup of a slider re-render at the official settings (30 steps, start ratio 20 →
    W+ off for steps 0..6): uncached render vs. re-render after a scale change (ideal 30/23 ≈ 1.30 for the
    denoising part);
-3. with --full: full-size SD1.5 UNet (shipped config, random weights of the right shapes — timing only) build
+3. ControlNet / LoRA (issue 13): one ControlNet's per-step cost vs the plain step, a LoRA fused vs unfused
+   (forward hooks), and the step cache at 30/23 with a ControlNet;
+4. with --full: full-size SD1.5 UNet (shipped config, random weights of the right shapes — timing only) build
    and one forward at batch 2, 64×64 latents, 81 tokens, with the W+ processors installed.
 
 Usage: python bench/cpu.py [--threads 2] [--size 128] [--full]
@@ -89,6 +91,84 @@ def bench_tiny(size: int, rows: list[tuple[str, str]]) -> None:
                  f"{statistics.median(den_u) / statistics.median(den_c):.3f}×"))
 
 
+def bench_controls(size: int, rows: list[tuple[str, str]]) -> None:
+    """Issue 13: one ControlNet's per-step cost, LoRA fused vs unfused, the step cache with a ControlNet."""
+    import numpy as np
+    from diffusers import UNet2DConditionModel
+
+    from engine.api import ControlSpec, GenerateRequest, LoraSpec
+    from engine.networks.sd15 import load_sd15
+    from engine.pipeline.generate import WPlusPipeline
+    from engine.testing.controls import build_controlnet, write_a1111_controlnet, write_kohya_lora
+    from engine.testing.tiny import tiny_wplus, write_tiny_models
+
+    with tempfile.TemporaryDirectory() as tmp:
+        root = write_tiny_models(Path(tmp) / "models")
+        pipe = WPlusPipeline.from_files(root / "sd15", root / "wplus_adapter.bin", device="cpu", dtype="float32")
+        unet = UNet2DConditionModel.from_pretrained(str(root / "sd15" / "unet"), local_files_only=True)
+        cn = write_a1111_controlnet(Path(tmp) / "control_v11p_sd15_openpose.safetensors", build_controlnet(unet))
+        c = load_sd15(root / "sd15")
+        lora = write_kohya_lora(Path(tmp) / "style.safetensors", c.unet, c.text_encoder, rank=16)
+        pose = np.zeros((size, size, 3), np.uint8)
+        pose[size // 8: -size // 8, size // 2 - 2: size // 2 + 2] = (255, 0, 85)
+        control = (ControlSpec(str(cn), pose),)
+        steps = 30
+        req = GenerateRequest(steps=steps, start_ratio=0.0, width=size, height=size, wplus=tiny_wplus(1), seed=1)
+
+        def per_step(r: GenerateRequest) -> float:
+            pipe.render_float(r)  # warm: text cache, LoRA application, ControlNet load
+            times = []
+            for _ in range(3):
+                pipe.step_cache.clear()
+                _, _, tm = pipe.render_float(r)
+                times.append(tm["denoise_s"] / steps)
+            return statistics.median(times)
+
+        plain = per_step(req)
+        with_cn = per_step(req.replace(controls=control))
+        rows.append(("controls: pipeline step, plain / with one ControlNet",
+                     f"{plain * 1e3:.2f} / {with_cn * 1e3:.2f} ms"))
+        rows.append(("controls: per-step cost of one ControlNet vs the plain step", f"{with_cn / plain:.3f}×"))
+        lo = (LoraSpec(str(lora), 0.8),)
+        fused = per_step(req.replace(loras=lo))
+        import torch
+
+        unet_r = pipe.runners.get("unet")
+        x = torch.randn(2, 4, size // 8, size // 8)
+        ts = torch.tensor([500.0, 500.0])
+        text = torch.randn(2, 77, 768)
+        tok = torch.randn(2, 4, 768)
+
+        def unet_call(loras: tuple[LoraSpec, ...], fused: bool) -> float:
+            pipe.runners.set_loras(loras, fused=fused)
+            for _ in range(3):
+                unet_r(sample=x, timestep=ts, text_embeds=text, wplus_tokens=tok, wplus_scale=1.0)
+            return median_time(lambda: unet_r(sample=x, timestep=ts, text_embeds=text, wplus_tokens=tok,
+                                              wplus_scale=1.0), 20)
+
+        t_unfused = unet_call(lo, False)
+        t_fused = unet_call(lo, True)
+        t_none = unet_call((), True)
+        pipe.clear_caches()
+        rows.append(("controls: UNet call, no LoRA / LoRA fused / LoRA unfused (hooks), rank 16",
+                     f"{t_none * 1e3:.2f} / {t_fused * 1e3:.2f} / {t_unfused * 1e3:.2f} ms"))
+        rows.append(("controls: LoRA unfused / fused UNet call", f"{t_unfused / t_fused:.3f}×"))
+        rows.append(("controls: pipeline step with a fused LoRA / plain step", f"{fused / plain:.3f}×"))
+
+        official = GenerateRequest(steps=30, start_ratio=20.0, width=size, height=size, wplus=tiny_wplus(1), seed=2,
+                                   controls=control)
+        den_u, den_c = [], []
+        for i in range(3):
+            pipe.step_cache.clear()
+            _, _, tm = pipe.render_float(official.replace(scale=1.0))
+            den_u.append(tm["denoise_s"])
+            _, _, tm = pipe.render_float(official.replace(scale=0.9 - 0.1 * i))
+            den_c.append(tm["denoise_s"])
+            assert tm["steps_cached"] == 7, tm
+        rows.append(("controls: step-cache speedup with a ControlNet, denoising only (ideal 1.304)",
+                     f"{statistics.median(den_u) / statistics.median(den_c):.3f}×"))
+
+
 def bench_full(rows: list[tuple[str, str]]) -> None:
     import torch
 
@@ -135,6 +215,7 @@ def main(argv: list[str] | None = None) -> int:
         ("torch", torch.__version__),
     ]
     bench_tiny(args.size, rows)
+    bench_controls(args.size, rows)
     if args.full:
         bench_full(rows)
     print_table(rows)

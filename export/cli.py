@@ -157,6 +157,46 @@ def cmd_trt(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_controls(args: argparse.Namespace) -> int:
+    """ControlNet graphs, the residual/FreeU UNet variants and LoRA-set exports (export/controls.py)."""
+    from types import SimpleNamespace
+
+    import torch
+
+    from engine.cli.generate import parse_lora_arg
+    from engine.networks.controlnet import load_controlnet, residual_count
+    from engine.networks.wplus import WPlusUNet
+    from export.controls import export_controlnet, export_lora_set, export_unet_variants
+    from export.sources import ComponentLoader
+
+    config = _config(args)
+    out = _onnx_dir(args, config)
+    profile = _profile(args)
+    dtype = torch.float16 if args.precision == "fp16" else torch.float32
+    n_down = None
+    for path in args.controlnet:
+        result = export_controlnet(Path(path).absolute(), out, profile=profile, precision=args.precision)
+        n_down = residual_count(load_controlnet(Path(path).absolute()))
+        print(f"controlnet {Path(path).name}: {result.path} ({result.seconds:.1f} s)")
+    if args.control_unet and n_down is None:
+        n_down = 12
+    loader = ComponentLoader(config, dtype)
+    unet = loader.load("unet")
+    loras = [parse_lora_arg(item) for item in args.lora]
+    if loras:
+        te = loader.load("text_encoder")
+        folder = export_lora_set(SimpleNamespace(unet=unet.module, text_encoder=te.module), None, loras, out,
+                                 profile=profile, precision=args.precision,
+                                 control_residuals=n_down if (args.control_unet or args.controlnet) else None,
+                                 freeu=args.freeu, weights=unet.weights)
+        print(f"LoRA set: {folder}")
+    elif n_down is not None or args.freeu:
+        for r in export_unet_variants(WPlusUNet(unet.module), out, profile=profile, precision=args.precision,
+                                      weights=unet.weights, control_residuals=n_down, freeu=args.freeu):
+            print(f"{r.info.component}: {r.path} ({r.seconds:.1f} s)")
+    return 0
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="wplus-export", description="Export W+ Studio components to ONNX and "
                                      "TensorRT, and check exports against the PyTorch models.")
@@ -205,6 +245,19 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--cache-dir", help="engine cache (default: <onnx-dir>/../engines)")
     p.add_argument("--rebuild", action="store_true", help="build even when a matching engine is cached")
     p.set_defaults(func=cmd_trt)
+
+    p = sub.add_parser("controls", help="ControlNet graphs, residual/FreeU UNet variants, LoRA-set exports")
+    models_args(p)
+    shape_args(p)
+    p.set_defaults(profile="static")
+    p.add_argument("--onnx-dir", help="folder of the exports (default: <models>/onnx)")
+    p.add_argument("--controlnet", action="append", default=[], metavar="PATH",
+                   help="export this ControlNet (and the UNet that takes its residuals); repeatable")
+    p.add_argument("--control-unet", action="store_true", help="export the residual UNet (SD1.5: 12 residuals)")
+    p.add_argument("--lora", action="append", default=[], metavar="PATH[:WEIGHT[:TEXT_WEIGHT]]",
+                   help="a LoRA of the set to fuse into text encoder and UNet (repeatable: one set)")
+    p.add_argument("--freeu", action="store_true", help="also the FreeU-flagged UNet variants (official factors)")
+    p.set_defaults(func=cmd_controls)
 
     p = sub.add_parser("check", help="list exports and whether they are damaged or stale")
     p.add_argument("--models-dir", help="models folder (for the default --onnx-dir)")

@@ -88,6 +88,34 @@ IO_SPEC: Mapping[str, ComponentSpec] = {
 def onnx_file_name(component: str) -> str:
     """File name of a component's export inside an ONNX folder (`unet` → `unet.onnx`)."""
     return f"{component}.onnx"
+SD15_CONTROL_RESIDUALS = 12  # ControlNet down-block residuals of SD1.5 (conv_in + 11 block outputs), then "mid"
+
+
+def residual_names(n_down: int = SD15_CONTROL_RESIDUALS) -> tuple[str, ...]:
+    """Names of a ControlNet's residual tensors, in the UNet's order: down_0 … down_{n-1}, mid."""
+    return (*(f"down_{i}" for i in range(n_down)), "mid")
+
+
+def controlnet_spec(n_down: int = SD15_CONTROL_RESIDUALS) -> ComponentSpec:
+    """The ControlNet component: the 77 text tokens only (never the W+ tokens); residuals pre-scaled."""
+    return ComponentSpec(
+        "controlnet",
+        (
+            TensorSpec("sample", ("B", 4, "H", "W")),
+            TensorSpec("timestep", ("B",)),
+            TensorSpec("text_embeds", ("B", 77, 768)),
+            TensorSpec("control_image", ("B", 3, "8H", "8W")),  # RGB in [0, 1]
+            TensorSpec("conditioning_scale", (1,)),
+        ),
+        tuple(TensorSpec(n, ("B", f"C_{n}", f"H_{n}", f"W_{n}")) for n in residual_names(n_down)),
+    )
+
+
+def unet_control_spec(n_down: int = SD15_CONTROL_RESIDUALS) -> ComponentSpec:
+    """The UNet that also takes ControlNet residuals (summed over ControlNets) as inputs."""
+    base = IO_SPEC["unet"]
+    extra = tuple(TensorSpec(n, ("B", f"C_{n}", f"H_{n}", f"W_{n}")) for n in residual_names(n_down))
+    return ComponentSpec("unet_control", base.inputs + extra, base.outputs)
 
 
 @runtime_checkable

@@ -28,6 +28,7 @@ from engine.backends.artifacts import (
     read_artifact,
 )
 from engine.backends.base import IO_SPEC, ComponentSpec, Runner, onnx_file_name
+from engine.backends.ort_controls import OrtControls
 from engine.backends.packages import onnxruntime_conflict
 from engine.backends.profiles import ShapeProfile, check_shapes, coerce_inputs, output_shape
 from engine.errors import (
@@ -228,7 +229,7 @@ def open_session(path: str | os.PathLike[str], providers: Sequence[str], *, thre
                            REEXPORT_HINT) from exc
 
 
-class OrtRunners:
+class OrtRunners(OrtControls):
     """Runners for the components exported into one folder (`<component>.onnx` + sidecar each).
 
     Sessions open on first use and stay open. Components that have no export here are taken from
@@ -291,6 +292,14 @@ class OrtRunners:
         return [c for c in IO_SPEC if (self.onnx_dir / onnx_file_name(c)).is_file() or c in extra]
 
     def get(self, component: str) -> Runner:
+        """The runner of `component` (the UNet routed per call for ControlNet/FreeU/LoRA, see ort_controls).
+
+        Raises as `_base_get`, and BackendUnavailable when the export lacks what a request needs.
+        """
+        routed = self.routed(component)
+        return routed if routed is not None else self._base_get(component)
+
+    def _base_get(self, component: str) -> Runner:
         """The runner of `component`, opening its session on first use.
 
         Raises:

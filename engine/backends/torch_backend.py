@@ -175,6 +175,8 @@ class TorchRunners:
         self.wproj = wproj.to(device=self.device, dtype=self.dtype).eval()
         self.unet_module = WPlusUNet(components.unet).eval()
         self.freeu = False
+        self._loras: Any = None  # engine.networks.lora.LoraPatcher, made with the first LoRA
+        self._controlnets: dict[tuple[str, float], TorchRunner] = {}
         te, vae, wp, un = components.text_encoder, components.vae, self.wproj, self.unet_module
         self.unet_step = UNetStep(un, self.device, self.fast, lambda: self.freeu)
         self.vae_decode = VaeDecoder(vae, self.dtype, self.fast)
@@ -185,8 +187,8 @@ class TorchRunners:
             ),
             "unet": TorchRunner(
                 IO_SPEC["unet"],
-                lambda sample, timestep, text_embeds, wplus_tokens, wplus_scale: {
-                    "noise_pred": step(sample, timestep, text_embeds, wplus_tokens, wplus_scale)
+                lambda sample, timestep, text_embeds, wplus_tokens, wplus_scale, control=None: {
+                    "noise_pred": step(sample, timestep, text_embeds, wplus_tokens, wplus_scale, control)
                 },
                 un,
             ),
@@ -231,6 +233,46 @@ class TorchRunners:
     def available(self) -> list[str]:
         """The components these runners provide."""
         return list(self._runners)
+    def set_loras(self, loras: Any, *, fused: bool = True) -> tuple[Any, ...]:
+        """Apply a LoRA set (engine.api.LoraSpec tuple) to the UNet and text encoder; () removes them.
+
+        Returns the parsed `engine.networks.lora.LoraFile`s. Raises as `LoraPatcher.apply`.
+        """
+        if self._loras is None:
+            if not loras:
+                return ()
+            from engine.networks.lora import LoraPatcher
+
+            self._loras = LoraPatcher(self.components.unet, self.components.text_encoder)
+        files = self._loras.apply(tuple(loras), fused=fused)
+        if loras and self.unet_step.graphs_enabled:
+            self.unet_step.clear_graphs()  # captured graphs read the weights in place, but be explicit
+        return files
+
+    def controlnet(self, path: str) -> TorchRunner:
+        """The runner of the ControlNet at `path` (loaded once, on this device and dtype; 2 kept)."""
+        from pathlib import Path
+
+        from engine.backends.base import controlnet_spec
+        from engine.networks.controlnet import ControlNetResiduals, load_controlnet, residual_count
+
+        p = Path(path)
+        key = (str(p), p.stat().st_mtime if p.exists() else 0.0)
+        runner = self._controlnets.get(key)
+        if runner is None:
+            module = ControlNetResiduals(load_controlnet(p, device=self.device, dtype=self.dtype)).eval()
+            spec = controlnet_spec(residual_count(module.controlnet))
+            names = [t.name for t in spec.outputs]
+
+            def run(sample: Any, timestep: Any, text_embeds: Any, control_image: Any, conditioning_scale: Any,
+                    _m: Any = module, _names: list[str] = names) -> dict[str, Any]:
+                return dict(zip(_names, _m(sample, timestep, text_embeds, control_image, conditioning_scale)))
+
+            runner = TorchRunner(spec, run, module)
+            self._controlnets[key] = runner
+            while len(self._controlnets) > 2:
+                self._controlnets.pop(next(iter(self._controlnets)))
+        return runner
 
     def get(self, component: str) -> TorchRunner:
         try:

@@ -146,6 +146,10 @@ class UNetStep:
         """Graphs currently kept."""
         return len(self._graphs)
 
+    def clear_graphs(self) -> None:
+        """Drop the captured graphs (a LoRA set changed the weights the graphs were captured with)."""
+        self._graphs.clear()
+
     def __call__(
         self,
         sample: torch.Tensor,
@@ -153,9 +157,11 @@ class UNetStep:
         text_embeds: torch.Tensor,
         wplus_tokens: torch.Tensor,
         wplus_scale: torch.Tensor | float,
+        control: tuple[torch.Tensor, ...] | None = None,
     ) -> torch.Tensor:
-        if not (self.fn.active or self.graphs_enabled):
-            return self.module(sample, timestep, text_embeds, wplus_tokens, wplus_scale)
+        if control or not (self.fn.active or self.graphs_enabled):
+            # ControlNet residuals are per-step inputs of their own: such steps run eagerly.
+            return self.module(sample, timestep, text_embeds, wplus_tokens, wplus_scale, control)
         scale = self.prepare_scale(wplus_scale)
         if isinstance(timestep, torch.Tensor):
             # The pipeline passes t.expand(batch) (stride 0); dynamo guards strides, so one layout means one

@@ -7,9 +7,18 @@ import sys
 from pathlib import Path
 from typing import Any
 
-from engine.api import DEFAULT_NEGATIVE_PROMPT, DEFAULT_PROMPT, EditState, GenerateRequest, Scheduler
+from engine.api import (
+    DEFAULT_NEGATIVE_PROMPT,
+    DEFAULT_PROMPT,
+    ControlKind,
+    ControlSpec,
+    EditState,
+    GenerateRequest,
+    LoraSpec,
+    Scheduler,
+)
 from engine.cli.common import add_backend_argument
-from engine.errors import InvalidInput
+from engine.errors import InvalidInput, ModelMissing
 
 
 def register(subparsers: Any) -> None:
@@ -45,6 +54,21 @@ def register(subparsers: Any) -> None:
     p.add_argument("--height", type=int, default=512)
     p.add_argument("--n", type=int, default=1, help="variations (seeds seed, seed+1, …)")
     p.add_argument("--freeu", action="store_true", help="FreeU with the official factors")
+    p.add_argument("--control", action="append", default=[], metavar="IMAGE",
+                   help="a control image (pose skeleton, edges, …) for the --controlnet of the same position "
+                        "(repeatable)")
+    p.add_argument("--controlnet", action="append", default=[], metavar="PATH",
+                   help="an SD1.5 ControlNet: diffusers folder or single .safetensors (repeatable, one per --control)")
+    p.add_argument("--control-scale", action="append", type=float, default=[], metavar="S",
+                   help="ControlNet strength (default 1.0; one value for all, or one per --control)")
+    p.add_argument("--control-start", action="append", type=float, default=[], metavar="F",
+                   help="fraction of the steps where the ControlNet starts acting (default 0)")
+    p.add_argument("--control-end", action="append", type=float, default=[], metavar="F",
+                   help="fraction of the steps where it stops (default 1)")
+    p.add_argument("--control-kind", action="append", default=[], choices=[k.value for k in ControlKind],
+                   help="what the control image is, for the metadata (default image)")
+    p.add_argument("--lora", action="append", default=[], metavar="PATH[:WEIGHT[:TEXT_WEIGHT]]",
+                   help="an SD1.5 LoRA (kohya/A1111 or diffusers layout) with its weight, default 1 (repeatable)")
     p.add_argument("--set", action="append", default=[], metavar="EDIT=V", help="an edit slider value (repeatable)")
     p.add_argument("--name", default="", help="identity name stored in the metadata")
     p.add_argument("--dtype", default="auto", help="float32, float16, bfloat16 or auto")
@@ -66,6 +90,62 @@ def _parse_edits(items: list[str]) -> EditState:
         except ValueError:
             raise InvalidInput(f"--set expects EDIT=VALUE (e.g. smile=1.5), got '{item}'.") from None
     return EditState.from_mapping(values)
+
+
+def _user_path(path: str) -> str:
+    """A user's path, relative to the current directory, made absolute (it is stored in metadata)."""
+    return str(Path(path).expanduser().absolute())
+
+
+def parse_lora_arg(item: str) -> LoraSpec:
+    """`PATH[:WEIGHT[:TEXT_WEIGHT]]`; a colon that is part of the path (C:\\…) stays in it."""
+    parts = item.split(":")
+    weights: list[float] = []
+    while len(parts) > 1 and len(weights) < 2:
+        try:
+            weights.insert(0, float(parts[-1]))
+        except ValueError:
+            break
+        parts.pop()
+    path = ":".join(parts)
+    if not path:
+        raise InvalidInput(f"--lora expects PATH[:WEIGHT], got '{item}'.")
+    return LoraSpec(_user_path(path), *(weights or [1.0]))
+
+
+def _per_control(values: list[Any], n: int, name: str, default: Any) -> list[Any]:
+    if not values:
+        return [default] * n
+    if len(values) == 1:
+        return values * n
+    if len(values) != n:
+        raise InvalidInput(f"{name} was given {len(values)} times for {n} control images: give it once or once each.")
+    return values
+
+
+def parse_controls(args: argparse.Namespace) -> tuple[ControlSpec, ...]:
+    """The ControlSpecs of `--control IMAGE --controlnet PATH …` pairs (in order)."""
+    from engine.images import load_image
+
+    images, nets = list(args.control), list(args.controlnet)
+    if len(images) != len(nets):
+        raise InvalidInput(
+            f"--control and --controlnet come in pairs: got {len(images)} control image(s) and {len(nets)} "
+            "ControlNet(s).", "Give one --controlnet PATH for each --control IMAGE.")
+    n = len(images)
+    scales = _per_control(args.control_scale, n, "--control-scale", 1.0)
+    starts = _per_control(args.control_start, n, "--control-start", 0.0)
+    ends = _per_control(args.control_end, n, "--control-end", 1.0)
+    kinds = _per_control(args.control_kind, n, "--control-kind", ControlKind.IMAGE.value)
+    specs = []
+    for i in range(n):
+        net = Path(_user_path(nets[i]))
+        if not net.exists():
+            raise ModelMissing(f"ControlNet not found: {net}.", "Check the --controlnet path (relative to the "
+                               "current folder).")
+        specs.append(ControlSpec(str(net), load_image(_user_path(images[i])), scale=scales[i], start=starts[i],
+                                 end=ends[i], kind=ControlKind(kinds[i])))
+    return tuple(specs)
 
 
 def _load_wplus(path: str) -> Any:
@@ -129,7 +209,8 @@ def run(args: argparse.Namespace) -> int:
                 prompt=args.prompt, negative_prompt=args.negative, seed=args.seed, steps=args.steps,
                 guidance=args.guidance, scheduler=Scheduler(args.scheduler), scale=args.scale,
                 start_ratio=args.start_ratio, width=args.width, height=args.height, n=args.n, freeu=args.freeu,
-                wplus=wplus, edits=edits, identity_name=name,
+                wplus=wplus, edits=edits, identity_name=name, controls=parse_controls(args),
+                loras=tuple(parse_lora_arg(item) for item in args.lora),
             )
 
         def show(p: Any) -> None:

@@ -171,7 +171,10 @@ def detect_family(shapes: Mapping[str, tuple[int, ...]]) -> str:
 
 
 def _refuse(path: Path, family: str) -> WrongModelFamily:
-    return WrongModelFamily(f"{path.name} is {family}, not a Stable Diffusion 1.5 checkpoint.", _FAMILY_HINT)
+    hint = _FAMILY_HINT
+    if "LoRA" in family:
+        hint = "Apply it on top of an SD1.5 model with --lora PATH[:WEIGHT] (in the app: the LoRA list). " + hint
+    return WrongModelFamily(f"{path.name} is {family}, not a Stable Diffusion 1.5 checkpoint.", hint)
 
 
 # -- building modules --------------------------------------------------------------------------------

@@ -459,9 +459,12 @@ class WPlusUNet(nn.Module):
         text_embeds: torch.Tensor,
         wplus_tokens: torch.Tensor,
         wplus_scale: torch.Tensor | float,
+        control: tuple[torch.Tensor, ...] | None = None,
     ) -> torch.Tensor:
         tokens = torch.cat([text_embeds, wplus_tokens.to(text_embeds.dtype)], dim=1)
+        # `control`: ControlNet residuals (down blocks…, mid), added inside the UNet that carries the W+ processors.
+        down, mid = (tuple(control[:-1]), control[-1]) if control else (None, None)
         return self.unet(
             sample, timestep, encoder_hidden_states=tokens, cross_attention_kwargs={"wplus_scale": wplus_scale},
-            return_dict=False,
+            down_block_additional_residuals=down, mid_block_additional_residual=mid, return_dict=False,
         )[0]

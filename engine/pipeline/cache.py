@@ -76,6 +76,8 @@ class StepKey:
     prefix_end: int  # last step index of the prefix (inclusive)
     device: str
     dtype: str
+    loras: tuple[Any, ...] = ()  # (file hash, UNet weight, text weight) per LoRA
+    controls: tuple[Any, ...] = ()  # ControlSpec.key() per ControlNet (its image digest and settings)
 
 
 @dataclass(eq=False)

@@ -81,6 +81,8 @@ class WPlusPipeline:
         self._text_cache: LRU[tuple[Any, str | None]] = LRU(text_cache_size)
         self._token_cache: LRU[Any] = LRU(8)
         self._uncond_tokens: Any = None
+        self._lora_key: tuple[Any, ...] = ()  # the LoRA set the runners carry now (text cache and step cache key)
+        self._lora_hashes: dict[str, str] = {}
         self.backend_choice: Any = None  # engine.backends.select.BackendChoice when built from a config
         self._fallback_told = False
 
@@ -215,7 +217,7 @@ class WPlusPipeline:
 
     def encode_text(self, prompt: str) -> tuple[torch.Tensor, str | None]:
         """CLIP last hidden state (1×77×768) of `prompt`, and a warning if it was truncated. Cached."""
-        cached = self._text_cache.get(prompt)
+        cached = self._text_cache.get((self._lora_key, prompt))
         if cached is not None:
             return cached
         tok = self.tokenizer(
@@ -231,7 +233,7 @@ class WPlusPipeline:
             log.warning(warning)
         embeds = self.runners.get("text_encoder")(input_ids=tok["input_ids"].to(self.device))["text_embeds"]
         value = (embeds.to(self.dtype), warning)
-        self._text_cache.put(prompt, value)
+        self._text_cache.put((self._lora_key, prompt), value)
         return value
 
     def uncond_tokens(self) -> torch.Tensor:
@@ -298,7 +300,7 @@ class WPlusPipeline:
             images=images,
             seeds=tuple(request.seed + k for k in range(request.n)),
             timings=timings,
-            model_hashes=dict(self.model_hashes),
+            model_hashes={**self.model_hashes, **self._lora_hashes},
             warnings=warnings,
         )
 
@@ -323,6 +325,7 @@ class WPlusPipeline:
             set_freeu(request.freeu)
         elif request.freeu:
             raise BackendUnavailable("FreeU needs the torch backend.", "Turn FreeU off or use the torch backend.")
+        self._apply_loras(request)
 
         with torch.no_grad():
             cond_text, w1 = self.encode_text(request.prompt)
@@ -345,9 +348,10 @@ class WPlusPipeline:
             stats = {"steps_run": 0.0, "steps_cached": 0.0}
             total = request.steps * request.n
             latents_all = []
+            controls = self._prepare_controls(request, cfg)
             for k in range(request.n):
                 latents = self._denoise(request, k, text, tokens, wplus is not None, cfg, token, progress, t0,
-                                        total, stats)
+                                        total, stats, controls)
                 latents_all.append(latents)
             t_denoise = time.perf_counter()
             if token is not None:
@@ -384,7 +388,57 @@ class WPlusPipeline:
             prefix_end=prefix_end,
             device=str(self.device),
             dtype=str(self.dtype),
+            loras=self._lora_key,
+            controls=tuple(c.key() for c in request.controls),
         )
+
+    def _apply_loras(self, request: GenerateRequest) -> None:
+        """Make the runners carry the request's LoRA set (a no-op when it is already applied)."""
+        set_loras = getattr(self.runners, "set_loras", None)
+        if set_loras is None:
+            if request.loras:
+                raise BackendUnavailable("This backend's exported UNet has no LoRA support.",
+                                         "Remove the LoRAs or use the torch backend.")
+            return
+        files = set_loras(request.loras)
+        self._lora_key = tuple((f.short_hash, s.weight, s.text) for f, s in zip(files, request.loras))
+        self._lora_hashes = {f"lora:{f.name}": f.short_hash for f in files}
+
+    def _prepare_controls(self, request: GenerateRequest, cfg: bool) -> list[tuple[Any, Any, Any]]:
+        """(ControlSpec, runner, conditioning image tensor with CFG's batch) per ControlNet of the request."""
+        import torch
+
+        from engine.controls.conditioning import control_tensor
+
+        if not request.controls:
+            return []
+        get = getattr(self.runners, "controlnet", None)
+        if get is None:
+            raise BackendUnavailable("This backend has no ControlNet support.",
+                                     "Remove the control images or use the torch backend.")
+        out = []
+        for spec in request.controls:
+            image = torch.from_numpy(control_tensor(spec.image, request.width, request.height))
+            image = image.to(device=self.device, dtype=self.dtype)
+            out.append((spec, get(spec.model), torch.cat([image] * 2) if cfg else image))
+        return out
+
+    def _control_residuals(self, controls: list[tuple[Any, Any, Any]], step: int, steps: int, sample: Any,
+                           timestep: Any, text: Any) -> tuple[Any, ...] | None:
+        """Summed residuals of the ControlNets active at `step` (diffusers' multi-ControlNet sum), or None."""
+        import torch
+
+        from engine.controls.conditioning import control_active
+
+        total: list[Any] | None = None
+        for spec, runner, image in controls:
+            if not control_active(step, steps, spec.start, spec.end):
+                continue  # diffusers runs it with scale 0: zero residuals, the same UNet output
+            out = runner(sample=sample, timestep=timestep, text_embeds=text, control_image=image,
+                         conditioning_scale=torch.full((1,), float(spec.scale), device=self.device, dtype=self.dtype))
+            res = [out[t.name] for t in runner.spec.outputs]
+            total = res if total is None else [a + b for a, b in zip(total, res)]
+        return tuple(total) if total is not None else None
 
     def initial_latents(self, seed: int, height: int, width: int, init_noise_sigma: float) -> tuple[Any, Any]:
         """diffusers' initial noise for `seed` (CPU generator, model dtype) and the generator after it."""
@@ -409,6 +463,7 @@ class WPlusPipeline:
         t0: float,
         total: int,
         stats: dict[str, float],
+        controls: list[tuple[Any, Any, Any]] | None = None,
     ) -> Any:
         import torch
 
@@ -442,12 +497,20 @@ class WPlusPipeline:
             model_in = torch.cat([latents] * 2) if cfg else latents
             model_in = sched.scale_model_input(model_in, t)
             scale = request.wplus_scale_at(i) if has_identity else 0.0
+            timestep = t.reshape(1).expand(batch)
+            extra_in = {}
+            if controls:
+                # The ControlNet gets the 77 text tokens only; the W+ tokens go to the UNet alone.
+                residuals = self._control_residuals(controls, i, steps, model_in, timestep, text)
+                if residuals is not None:
+                    extra_in["control"] = residuals
             noise = unet(
                 sample=model_in,
-                timestep=t.reshape(1).expand(batch),
+                timestep=timestep,
                 text_embeds=text,
                 wplus_tokens=tokens,
                 wplus_scale=float(scale),
+                **extra_in,
             )["noise_pred"]
             if cfg:
                 noise_u, noise_c = noise.chunk(2)

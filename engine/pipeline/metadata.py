@@ -20,7 +20,16 @@ from typing import Any
 
 import numpy as np
 
-from engine.api import WPLUS_SHAPE, EditState, GenerateRequest, Result, Scheduler
+from engine.api import (
+    WPLUS_SHAPE,
+    ControlKind,
+    ControlSpec,
+    EditState,
+    GenerateRequest,
+    LoraSpec,
+    Result,
+    Scheduler,
+)
 from engine.errors import ImageUnreadable, InvalidInput
 
 CHUNK_KEY = "wplus-studio"
@@ -74,6 +83,8 @@ def request_metadata(result: Result, index: int) -> dict[str, Any]:
             "freeu": req.freeu,
             "edits": req.edits.as_dict(),
             "identity_name": req.identity_name,
+            "controls": [_control_json(c) for c in req.controls],
+            "loras": [_lora_json(lo, result) for lo in req.loras],
         },
         "variation": {"index": index, "base_seed": req.seed, "of": req.n},
         "wplus": encode_wplus(req.wplus) if req.wplus is not None else None,
@@ -101,13 +112,97 @@ def a1111_parameters(result: Result, index: int) -> str:
         ("W+ start", f"{req.start_ratio:g}%"),
         ("W+ identity", req.identity_name or ("none" if req.wplus is None else "unnamed")),
         ("FreeU", "on" if req.freeu else "off"),
+        *((f"ControlNet {i}", _a1111_control(c)) for i, c in enumerate(req.controls)),
+        ("Lora hashes", _quoted(", ".join(f"{_lora_name(lo)}: {models.get('lora:' + _lora_name(lo), '')[:10]}"
+                                          for lo in req.loras))),
         ("Version", f"wplus-studio {_app_version()}"),
     ]
     edits = ", ".join(f"{k} {v:g}" for k, v in req.edits.as_dict().items())
     line = ", ".join(f"{k}: {v}" for k, v in fields if v != "")
     if edits:
         line += f', W+ edits: "{edits}"'
-    return f"{req.prompt}\nNegative prompt: {req.negative_prompt}\n{line}"
+    return f"{req.prompt}{lora_tags(req.loras)}\nNegative prompt: {req.negative_prompt}\n{line}"
+
+
+def _lora_name(lora: LoraSpec) -> str:
+    return Path(lora.path).stem
+
+
+def _quoted(text: str) -> str:
+    return f'"{text}"' if text else ""
+
+
+def lora_tags(loras: tuple[LoraSpec, ...]) -> str:
+    """A1111's prompt tags: ` <lora:NAME:WEIGHT>`, or `<lora:NAME:TEXT:UNET>` when the two weights differ."""
+    tags = []
+    for lo in loras:
+        w = f"{lo.weight:g}" if lo.text == lo.weight else f"{lo.text:g}:{lo.weight:g}"
+        tags.append(f" <lora:{_lora_name(lo)}:{w}>")
+    return "".join(tags)
+
+
+def parse_lora_tags(prompt: str) -> tuple[str, list[tuple[str, float, float]]]:
+    """Split A1111 `<lora:NAME:TE[:UNET]>` tags off a prompt: (clean prompt, [(name, unet, text weight)])."""
+    import re
+
+    found: list[tuple[str, float, float]] = []
+
+    def take(m: re.Match[str]) -> str:
+        parts = m.group(1).split(":")
+        try:
+            te = float(parts[1]) if len(parts) > 1 else 1.0
+            unet = float(parts[2]) if len(parts) > 2 else te
+        except ValueError:
+            return m.group(0)
+        found.append((parts[0], unet, te))
+        return ""
+
+    clean = re.sub(r"\s*<lora:([^>]+)>", take, prompt)
+    return clean, found
+
+
+def _a1111_control(c: ControlSpec) -> str:
+    """The sd-webui-controlnet unit text A1111 users know."""
+    name = Path(c.model).name
+    return (f'"Module: {c.kind.value}, Model: {Path(name).stem if Path(c.model).suffix else name}, '
+            f'Weight: {c.scale:g}, Guidance Start: {c.start:g}, Guidance End: {c.end:g}"')
+
+
+def _png_b64(image: np.ndarray) -> str:
+    from PIL import Image
+
+    buf = io.BytesIO()
+    Image.fromarray(np.ascontiguousarray(image), "RGB").save(buf, format="PNG")
+    return base64.b64encode(buf.getvalue()).decode("ascii")
+
+
+def _control_json(c: ControlSpec) -> dict[str, Any]:
+    # The control image itself is kept (a skeleton or edge map compresses to a few kB) so dropping the PNG
+    # restores the exact conditioning; its digest lets a reader check it.
+    return {"model": c.model, "scale": c.scale, "start": c.start, "end": c.end, "kind": c.kind.value,
+            "image_png": _png_b64(c.image), "image_sha256": c.image_digest}
+
+
+def _control_from_json(obj: dict[str, Any]) -> ControlSpec:
+    from PIL import Image
+
+    try:
+        with Image.open(io.BytesIO(base64.b64decode(obj["image_png"], validate=True))) as img:
+            image = np.asarray(img.convert("RGB"))
+    except (OSError, ValueError) as exc:
+        raise InvalidInput("The control image in the metadata is damaged.") from exc
+    return ControlSpec(model=str(obj["model"]), image=image, scale=float(obj["scale"]), start=float(obj["start"]),
+                       end=float(obj["end"]), kind=ControlKind(obj.get("kind", "image")))
+
+
+def _lora_json(lo: LoraSpec, result: Result) -> dict[str, Any]:
+    return {"path": lo.path, "name": _lora_name(lo), "weight": lo.weight, "text_weight": lo.text_weight,
+            "hash": dict(result.model_hashes).get(f"lora:{_lora_name(lo)}", "")}
+
+
+def _lora_from_json(obj: dict[str, Any]) -> LoraSpec:
+    tw = obj.get("text_weight")
+    return LoraSpec(path=str(obj["path"]), weight=float(obj["weight"]), text_weight=None if tw is None else float(tw))
 
 
 def png_bytes(image: np.ndarray, result: Result, index: int) -> bytes:
@@ -198,6 +293,8 @@ def read_request(path: str | os.PathLike[str]) -> GenerateRequest:
             wplus=wplus,
             edits=EditState.from_mapping({str(k): float(v) for k, v in (r.get("edits") or {}).items()}),
             identity_name=str(r.get("identity_name", "")),
+            controls=tuple(_control_from_json(c) for c in r.get("controls") or ()),
+            loras=tuple(_lora_from_json(lo) for lo in r.get("loras") or ()),
         )
     except (KeyError, TypeError, ValueError) as exc:
         raise InvalidInput(f"The W+ Studio metadata of {Path(path).name} is incomplete ({exc}).") from exc
