@@ -1,0 +1,1 @@
+"""Control images for ControlNets: OpenPose skeletons, canny edges (numpy + OpenCV, no torch)."""
