@@ -17,6 +17,7 @@ from PySide6.QtCore import QObject, QTimer, Signal
 
 from desktop.engine_client import EngineClient, FailureInfo
 from desktop.imaging import thumbnail
+from desktop.viewmodel.controls import ControlsModel
 from desktop.viewmodel.edits import EditHistory
 from desktop.viewmodel.generation import GenerationSettings, GenerationState
 from desktop.viewmodel.identities import IdentityEntry, IdentityLibrary, mix_identities
@@ -98,6 +99,7 @@ class StudioState(QObject):
         self.edits = edits
         self.generation = generation
         self.identity: IdentityEntry | None = None
+        self.controls: ControlsModel | None = None  # ControlNets and LoRAs (set by the controls panel)
         self.history: list[HistoryEntry] = []
         self.shown: HistoryEntry | None = None
         self.previous: HistoryEntry | None = None
@@ -206,9 +208,10 @@ class StudioState(QObject):
     # -- generation -----------------------------------------------------------------------------
     def current_request(self, *, live: bool = False) -> GenerateRequest:
         ident = self.identity.identity if self.identity else None
-        return self.generation.settings.request(
+        request = self.generation.settings.request(
             wplus=None if ident is None else ident.wplus, edits=self.edits.state,
             identity_name="" if ident is None else ident.name, live=live)
+        return request if self.controls is None else self.controls.apply(request)
 
     def generate(self) -> int:
         """Render at full quality now (a new seed first unless the seed is locked)."""
@@ -390,6 +393,8 @@ class StudioState(QObject):
             if self.identity is None or entry.identity.id != self.identity.identity.id:
                 self.identity = entry
                 self.identity_changed.emit(entry)
+        if self.controls is not None:
+            self.controls.restore(request)
         # Edits last so the preview follows the restored identity.
         self.edits.set_state(request.edits)
         if self.identity is not None:

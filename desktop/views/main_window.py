@@ -17,16 +17,20 @@ from PySide6.QtWidgets import (
     QFileDialog,
     QLabel,
     QMainWindow,
+    QScrollArea,
     QSplitter,
+    QTabWidget,
     QVBoxLayout,
     QWidget,
 )
 
 from desktop.camera.controller import CameraController
-from desktop.camera.sources import list_sources
+from desktop.camera.sources import list_sources, read_image_rgb
 from desktop.engine_client import BackendOption, FailureInfo
+from desktop.viewmodel.controls import ControlsModel
 from desktop.viewmodel.studio import StudioState
 from desktop.views.camera_panel import CameraPanel
+from desktop.views.controls_panel import ControlsPanel
 from desktop.views.dialogs import LicenceDialog, ModelsDialog
 from desktop.views.edit_panel import EditPanel
 from desktop.views.generation_panel import GenerationPanel
@@ -96,6 +100,14 @@ class MainWindow(QMainWindow):
         self.generation_panel = GenerationPanel(studio.generation)
         self.edit_panel = EditPanel(studio.edits)
         self.result_view = ResultView()
+        self.controls_panel = ControlsPanel(ControlsModel(read_image_rgb), paths.models_dir, studio, settings)
+        controls_scroll = QScrollArea()
+        controls_scroll.setWidgetResizable(True)
+        controls_scroll.setFrameShape(QScrollArea.Shape.NoFrame)
+        controls_scroll.setWidget(self.controls_panel)
+        self.side_tabs = QTabWidget()
+        self.side_tabs.addTab(self.edit_panel, "Edits")
+        self.side_tabs.addTab(controls_scroll, "ControlNet · LoRA")
 
         left = QSplitter(Qt.Orientation.Vertical)
         left.addWidget(self._card(self.camera_panel))
@@ -104,7 +116,7 @@ class MainWindow(QMainWindow):
         left.setStretchFactor(1, 6)
         right = QSplitter(Qt.Orientation.Vertical)
         right.addWidget(self._card(self.generation_panel))
-        right.addWidget(self._card(self.edit_panel))
+        right.addWidget(self._card(self.side_tabs))
         right.setStretchFactor(0, 0)
         right.setStretchFactor(1, 1)
         center = self._card(self.result_view)
@@ -297,6 +309,7 @@ class MainWindow(QMainWindow):
         self.settings.setValue("window/right", self._right.saveState())
         self.settings.setValue("camera/source", self.camera_panel.current_spec())
         self.studio.generation.settings.save(self.settings)
+        self.controls_panel.save_settings(self.settings)
         self.settings.sync()
 
     def closeEvent(self, event: QCloseEvent) -> None:
