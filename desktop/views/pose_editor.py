@@ -204,7 +204,7 @@ class PoseCanvas(QWidget):
             p.setBrush(Qt.BrushStyle.NoBrush)
             rad = 9.0 if hot else 7.0
             p.drawEllipse(c, rad, rad)
-            if hot or not visible:
+            if hot:  # the name of the joint under the mouse (hidden ones too)
                 p.setPen(QColor("#e5e7eb") if visible else QColor("#9ca3af"))
                 p.drawText(c + QPointF(10, -8), KEYPOINTS[k].replace("_", " "))
         p.end()
