@@ -30,8 +30,8 @@ HIDDEN = (8, 9, 10, 11, 12, 13)  # hips, knees, ankles: below the frame
 
 def main() -> int:
     import skimage.data
-    from PySide6.QtCore import QPoint, Qt
-    from PySide6.QtTest import QTest
+    from PySide6.QtCore import QPoint, Qt  # noqa: TID251 - drives the GUI
+    from PySide6.QtTest import QTest  # noqa: TID251 - drives the GUI
     from PySide6.QtWidgets import QApplication  # noqa: TID251 - drives the GUI
 
     from desktop.app import AppOptions, StudioApp
