@@ -264,6 +264,10 @@ class StudioState(QObject):
         self._live_throttle.poke()
         self._final_timer.start()
 
+    def controls_changed(self) -> None:
+        """A ControlNet or LoRA setting changed (not a generation setting): live mode re-renders too."""
+        self._on_settings_changed(self.generation.settings, "controls")
+
     def _send_preview(self) -> None:
         if self.identity is None:
             return

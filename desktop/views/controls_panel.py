@@ -97,7 +97,8 @@ class ControlsPanel(QWidget):
 
     Args:
         model: the state it draws and edits.
-        models_dir: where the ControlNet/LoRA shortlists and file dialogs start.
+        models_dir: where the ControlNet/LoRA shortlists and file dialogs start (the studio's engine
+            folder instead when a studio is given, so a folder chosen in the Models dialog counts).
         studio: when given, the panel follows its identity (face points), results (the pose editor's
             background) and output size, and runs landmark detection on its engine worker.
     """
@@ -106,7 +107,7 @@ class ControlsPanel(QWidget):
                  settings: QSettings | None = None, parent: QWidget | None = None) -> None:
         super().__init__(parent)
         self.model = model
-        self.models_dir = models_dir
+        self._models_dir = models_dir
         self.studio = studio
         self.settings = settings
         self._landmark_face: np.ndarray | None = None
@@ -226,6 +227,7 @@ class ControlsPanel(QWidget):
     # -- the studio ------------------------------------------------------------------------------
     def _follow(self, studio: Any) -> None:
         studio.controls = self.model
+        self.model.subscribe(lambda what: studio.controls_changed() if what != "landmarks" else None)
         studio.identity_changed.connect(self.set_identity)
         studio.result_shown.connect(lambda e: self.editor.set_result(None if e is None else e.image))
         studio.generation.changed.connect(lambda s, _w: self.set_output_size(s.width, s.height))
@@ -301,6 +303,12 @@ class ControlsPanel(QWidget):
         self.editor.set_index(self.list.currentRow())
         self.editor.show()
         self.editor.raise_()
+
+    @property
+    def models_dir(self) -> Path | None:
+        if self.studio is not None:
+            return Path(self.studio.client.config.models_dir)
+        return self._models_dir
 
     def _default_model(self, word: str) -> str:
         """The first ControlNet of the models folder whose name says what it is for, else none."""

@@ -138,3 +138,19 @@ def test_face_points_come_from_the_identitys_landmarks(qtbot, make_app, astronau
     assert np.array_equal(app.studio.current_request().controls[0].image, image)
     editor.face.setChecked(False)
     assert not (panel.model.control_image(i, 512, 512) == FACE_COLOR).all(axis=2).any()
+
+
+def test_live_mode_renders_while_a_joint_is_dragged(qtbot, make_app):
+    fake = FakeSession()
+    app = make_app(fake)
+    panel, editor, i = _open_editor(qtbot, app, (512, 512))
+    app.studio.set_live(True)
+    canvas = editor.canvas
+    wrist = preset("standing").points[4]
+    qtbot.mousePress(canvas, Qt.MouseButton.LeftButton, pos=_at(canvas, *wrist))
+    qtbot.mouseMove(canvas, pos=_at(canvas, 0.2, 0.3))
+    qtbot.mouseRelease(canvas, Qt.MouseButton.LeftButton, pos=_at(canvas, 0.2, 0.3))
+    final = panel.model.control_image(i, 512, 512)
+    qtbot.waitUntil(lambda: any(np.array_equal(r.controls[0].image, final) for r in fake.renders_finished
+                                if r.controls), timeout=5000)
+    app.studio.cancel()  # no final render left pending when the app shuts down
