@@ -289,7 +289,7 @@ class ControlsPanel(QWidget):
         return i
 
     def add_image_from(self, path: str) -> int:
-        i = self.model.add_image(_read_image(path), path, self._default_model("openpose"))
+        i = self.model.add_image(_read_image(path), path)  # what it shows is the artist's to say: no guess
         self.list.setCurrentRow(i)
         return i
 
