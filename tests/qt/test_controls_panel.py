@@ -290,3 +290,43 @@ def test_restoring_a_request_restores_the_controls_in_the_panel(qtbot, make_app)
     out = app.studio.current_request()
     assert np.array_equal(out.controls[0].image, image)
     assert out.loras == req.loras
+
+
+def test_dropping_a_saved_png_restores_its_controls_and_loras(qtbot, make_app, tmp_path):
+    import engine.pipeline.metadata as metadata
+
+    if not hasattr(metadata, "lora_tags"):
+        pytest.skip("engine.pipeline.metadata does not store controls and LoRAs yet (the controls branch adds it)")
+    from PySide6.QtCore import QMimeData, QPointF, QUrl
+    from PySide6.QtGui import QDropEvent
+
+    fake = FakeSession()
+    app = make_app(fake, metadata=metadata)
+    panel = app.window.controls_panel
+    i = panel.add_pose()
+    panel.choose_model(i, str(tmp_path / "control_v11p_sd15_openpose.safetensors"))
+    panel.model.move_keypoint(i, 4, 0.2, 0.3)
+    panel.model.update_control(i, scale=0.7, end=0.9)
+    panel.add_lora_from(str(tmp_path / "ink.safetensors"), 0.6)
+    saved_image = panel.model.control_image(i, 512, 512)
+    app.studio.generate()
+    qtbot.waitUntil(lambda: bool(app.studio.history), timeout=5000)
+    png = tmp_path / "with_controls.png"
+    with qtbot.waitSignal(app.client.saved, timeout=5000):
+        app.studio.save_shown(png)
+    # the artist moves on: another pose, no LoRA
+    panel.model.apply_preset(i, "sitting")
+    panel.lora_rows[0].remove.click()
+    mime = QMimeData()
+    mime.setUrls([QUrl.fromLocalFile(str(png))])
+    app.window.dropEvent(QDropEvent(QPointF(50, 50), Qt.DropAction.CopyAction, mime, Qt.MouseButton.LeftButton,
+                                    Qt.KeyboardModifier.NoModifier))
+    qtbot.waitUntil(lambda: len(panel.lora_rows) == 1, timeout=5000)
+    first = panel.model.control(0)
+    assert (first.model, first.scale, first.end, first.enabled) == (str(tmp_path / "control_v11p_sd15_openpose"
+                                                                        ".safetensors"), 0.7, 0.9, True)
+    assert np.array_equal(panel.model.control_image(0, 512, 512), saved_image)
+    assert abs(first.pose.points[4][0] - 0.2) < 2 / 512  # editable again, where it was dragged
+    assert panel.model.control(1).enabled is False  # the sitting pose is kept, switched off
+    assert panel.model.lora_specs() == (LoraSpec(str(tmp_path / "ink.safetensors"), 0.6),)
+    assert np.array_equal(app.studio.current_request().controls[0].image, saved_image)
