@@ -1,1 +1,2 @@
-"""Control images for ControlNets: OpenPose skeletons, canny edges (numpy + OpenCV, no torch)."""
+"""What a request may add to SD1.5 besides the prompt and the identity: ControlNet conditioning images
+(conditioning.py; the pose editor's OpenPose renderer and canny preprocessing live beside it) and LoRA sets."""
