@@ -66,10 +66,12 @@ class LoraRow(QWidget):
         self.separate = QCheckBox("Text")
         self.separate.setToolTip("Give the text encoder its own weight (off: the same as the UNet)")
         self.separate.setChecked(entry.text_weight is not None)
-        self.text_weight = FloatSlider("Text weight", -1.0, 2.0, 0.05, 1.0, lambda v: f"{v:.2f}",
+        self.text_weight = FloatSlider("Text", -1.0, 2.0, 0.05, 1.0, lambda v: f"{v:.2f}",
                                        "The LoRA's weight on the text encoder")
         self.text_weight.set_value(entry.weight if entry.text_weight is None else entry.text_weight)
         self.text_weight.setVisible(entry.text_weight is not None)
+        for sl in (self.weight, self.text_weight):
+            sl.label.setMinimumWidth(58)
         head = QHBoxLayout()
         head.addWidget(self.enabled, 1)
         head.addWidget(self.separate)
@@ -127,15 +129,21 @@ class ControlsPanel(QWidget):
         head = QHBoxLayout()
         head.addWidget(title)
         head.addStretch(1)
+        add_row = QHBoxLayout()
         for b in (self.add_pose_button, self.add_canny_button, self.add_image_button):
-            head.addWidget(b)
+            add_row.addWidget(b)
+        add_row.addStretch(1)
         self.list = QListWidget()
         self.list.setMaximumHeight(78)
+        self.list.setHorizontalScrollBarPolicy(Qt.ScrollBarPolicy.ScrollBarAlwaysOff)
+        self.list.setTextElideMode(Qt.TextElideMode.ElideMiddle)
         self.list.setToolTip("Checked controls apply to the next render, in this order")
 
         # the selected control's settings
         self.model_combo = QComboBox()
         self.model_combo.setToolTip("The ControlNet for this control: from the models folder, or Browse…")
+        self.model_combo.setSizeAdjustPolicy(QComboBox.SizeAdjustPolicy.AdjustToMinimumContentsLengthWithIcon)
+        self.model_combo.setMinimumContentsLength(14)
         self.scale = FloatSlider("Strength", 0.0, 2.0, 0.05, 1.0, lambda v: f"{v:.2f}",
                                  "controlnet_conditioning_scale: how strongly the control steers")
         self.start = FloatSlider("Start", 0.0, 1.0, 0.01, 0.0, lambda v: f"{v:.0%}",
@@ -150,7 +158,10 @@ class ControlsPanel(QWidget):
         self.high.setRange(0, 1000)
         self.high.setToolTip("Canny high threshold (ControlNet's annotator: 200)")
         self.remove_button = QToolButton()
-        self.remove_button.setText("Remove")
+        self.remove_button.setText("✕")
+        self.remove_button.setToolTip("Remove this control")
+        for sl in (self.scale, self.start, self.end):
+            sl.label.setMinimumWidth(58)
         self.preview = ImageView("")
         self.preview.setFixedSize(84, 84)
         self.preview.setToolTip("The control image the ControlNet gets")
@@ -161,10 +172,12 @@ class ControlsPanel(QWidget):
         kind_row.addWidget(self.low)
         kind_row.addWidget(self.high)
         kind_row.addStretch(1)
-        kind_row.addWidget(self.remove_button)
+        model_row = QHBoxLayout()
+        model_row.addWidget(self.model_combo, 1)
+        model_row.addWidget(self.remove_button)
         sliders = QVBoxLayout()
         sliders.setSpacing(2)
-        sliders.addWidget(self.model_combo)
+        sliders.addLayout(model_row)
         sliders.addWidget(self.scale)
         sliders.addWidget(self.start)
         sliders.addWidget(self.end)
@@ -195,6 +208,7 @@ class ControlsPanel(QWidget):
         lay.setContentsMargins(0, 0, 0, 0)
         lay.setSpacing(6)
         lay.addLayout(head)
+        lay.addLayout(add_row)
         lay.addWidget(self.list)
         lay.addWidget(self.detail)
         lay.addLayout(lora_head)
@@ -488,6 +502,8 @@ class ControlsPanel(QWidget):
     def _rebuild_loras(self) -> None:
         for r in self.lora_rows:
             self.lora_box.removeWidget(r)
+            r.hide()  # deleteLater waits for the event loop; the row must leave the screen now
+            r.setParent(None)
             r.deleteLater()
         self.lora_rows = [LoraRow(self, i) for i in range(len(self.model.loras))]
         for r in self.lora_rows:

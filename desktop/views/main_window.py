@@ -104,6 +104,7 @@ class MainWindow(QMainWindow):
         controls_scroll = QScrollArea()
         controls_scroll.setWidgetResizable(True)
         controls_scroll.setFrameShape(QScrollArea.Shape.NoFrame)
+        controls_scroll.setHorizontalScrollBarPolicy(Qt.ScrollBarPolicy.ScrollBarAlwaysOff)
         controls_scroll.setWidget(self.controls_panel)
         self.side_tabs = QTabWidget()
         self.side_tabs.addTab(self.edit_panel, "Edits")
