@@ -129,8 +129,9 @@ class ControlsModel:
         self._emit("controls")
         return len(self._controls) - 1
 
-    def add_pose(self, preset_name: str = "standing", model: str = "") -> int:
-        return self.add_control(ControlEntry(ControlKind.OPENPOSE, model, pose=preset(preset_name)))
+    def add_pose(self, preset_name: str = "standing", model: str = "", aspect: float = 1.0) -> int:
+        """A pose control starting from a preset, proportioned for an output of `aspect` = width / height."""
+        return self.add_control(ControlEntry(ControlKind.OPENPOSE, model, pose=preset(preset_name, aspect)))
 
     def add_canny(self, photo: np.ndarray, path: str = "", model: str = "") -> int:
         return self.add_control(ControlEntry(ControlKind.CANNY, model, source=_rgb(photo), source_path=path))
@@ -174,8 +175,8 @@ class ControlsModel:
             x, y = where or preset("standing").points[keypoint] or (0.5, 0.5)
             self.set_pose(index, pose.moved(keypoint, x, y))
 
-    def apply_preset(self, index: int, name: str) -> None:
-        self.set_pose(index, preset(name), what="controls")
+    def apply_preset(self, index: int, name: str, aspect: float = 1.0) -> None:
+        self.set_pose(index, preset(name, aspect), what="controls")
 
     def pose_of(self, index: int, width: int, height: int) -> Pose:
         """The pose as drawn: with the identity's face points on its eyes when asked and possible."""

@@ -293,7 +293,8 @@ class ControlsPanel(QWidget):
 
     # -- actions (file dialogs call these; tests too) -------------------------------------------
     def add_pose(self) -> int:
-        i = self.model.add_pose("standing", self._default_model("openpose"))
+        w, h = self.editor.canvas.out_size
+        i = self.model.add_pose("standing", self._default_model("openpose"), w / h)
         self.list.setCurrentRow(i)
         return i
 

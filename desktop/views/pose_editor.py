@@ -103,7 +103,8 @@ class PoseCanvas(QWidget):
         if not self.active:
             return []
         pose = self.model.control(self.index).pose
-        ghost = preset("standing").points
+        w, h = self.out_size
+        ghost = preset("standing", w / h).points
         out = []
         for k in range(len(KEYPOINTS)):
             p = None if pose is None else pose.points[k]
@@ -292,7 +293,8 @@ class PoseEditor(QWidget):
 
     def _on_preset(self) -> None:
         if self.canvas.active:
-            self.model.apply_preset(self.canvas.index, str(self.presets.currentData()))
+            w, h = self.canvas.out_size
+            self.model.apply_preset(self.canvas.index, str(self.presets.currentData()), w / h)
 
     def _on_face(self, on: bool) -> None:
         if self.canvas.active:

@@ -253,8 +253,23 @@ def _standing(arms: dict[int, Point] | None = None) -> Pose:
 PRESET_NAMES = ("portrait", "standing", "sitting", "hands up")
 
 
-def preset(name: str) -> Pose:
-    """One of `PRESET_NAMES` as a new Pose."""
+def preset(name: str, aspect: float = 1.0) -> Pose:
+    """One of `PRESET_NAMES` as a new Pose for an output of `aspect` = width / height.
+
+    The presets are drawn for a square; other shapes get the same figure in the centred square that
+    fits, so a person keeps human proportions in a portrait or landscape render.
+    """
+    if not (math.isfinite(aspect) and aspect > 0):
+        raise InvalidInput(f"the aspect ratio must be positive, got {aspect}.")
+    pose = _square_preset(name)
+    if aspect == 1.0:
+        return pose
+    sx, sy = (1.0 / aspect, 1.0) if aspect > 1 else (1.0, aspect)
+    return Pose(tuple(None if p is None else (0.5 + (p[0] - 0.5) * sx, 0.5 + (p[1] - 0.5) * sy)
+                      for p in pose.points))
+
+
+def _square_preset(name: str) -> Pose:
     if name == "portrait":  # head and shoulders; arms and legs out of the frame
         return _person((0.50, 0.42), 3.0, {1: (0.50, 0.72), 2: (0.24, 0.78), 5: (0.76, 0.78)})
     if name == "standing":

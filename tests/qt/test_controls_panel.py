@@ -199,7 +199,7 @@ def test_the_engine_receives_the_controls_and_loras(qtbot, make_app, tmp_path):
     (spec,) = req.controls
     assert (spec.model, spec.scale, spec.start, spec.end, spec.kind) == (str(cn), 0.65, 0.0, 0.8,
                                                                          ControlKind.OPENPOSE)
-    assert np.array_equal(spec.image, render(preset("standing"), 512, 640))
+    assert np.array_equal(spec.image, render(preset("standing", 512 / 640), 512, 640))
     assert req.loras == (LoraSpec(str(tmp_path / "ink.safetensors"), 0.75, 0.5),)
     # a removed LoRA row and a switched-off control are gone from the next request
     panel.lora_rows[0].remove.click()

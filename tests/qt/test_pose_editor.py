@@ -35,7 +35,7 @@ def test_dragging_a_joint_moves_it_in_the_control_image(qtbot, make_app):
     panel, editor, i = _open_editor(qtbot, app)
     canvas = editor.canvas
     assert canvas.out_size == (512, 640)
-    wrist = preset("standing").points[7]  # left wrist
+    wrist = preset("standing", 512 / 640).points[7]  # left wrist, in a person proportioned for 512×640
     old = (int(wrist[0] * 512), int(wrist[1] * 640))
     assert _pixel(canvas._control, *old) == COLORS[7]
     qtbot.mousePress(canvas, Qt.MouseButton.LeftButton, pos=_at(canvas, *wrist))
@@ -50,7 +50,7 @@ def test_dragging_a_joint_moves_it_in_the_control_image(qtbot, make_app):
     assert tuple(image[new[1], new[0]]) == COLORS[7]
     assert tuple(image[old[1], old[0]]) == (0, 0, 0)
     # the forearm (elbow → wrist, limb 5) now runs to the new place: its midpoint carries the limb colour
-    elbow = preset("standing").points[6]
+    elbow = preset("standing", 512 / 640).points[6]
     mid = (int((elbow[0] + x) / 2 * 512), int((elbow[1] + y) / 2 * 640))
     assert tuple(image[mid[1], mid[0]]) == limb_color(5)
     # the canvas shows that same image, and the panel's preview follows

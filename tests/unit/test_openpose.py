@@ -118,6 +118,22 @@ def test_presets_differ_and_hands_up_raises_the_wrists():
         preset("dancing")
 
 
+@pytest.mark.parametrize(("width", "height"), [(768, 512), (512, 768)])
+def test_presets_keep_human_proportions_in_any_shape(width, height):
+    square, shaped = preset("standing"), preset("standing", width / height)
+
+    def px(pose, k, w, h):
+        return np.array(pose.points[k]) * (w, h)
+
+    for a, b in ((2, 5), (1, 8), (9, 10)):  # shoulder width, torso, shin: the same in pixels × scale
+        d_sq = np.linalg.norm(px(square, a, 512, 512) - px(square, b, 512, 512))
+        d = np.linalg.norm(px(shaped, a, width, height) - px(shaped, b, width, height))
+        assert d == pytest.approx(d_sq, rel=1e-9)
+    assert shaped.points[0][0] == pytest.approx(0.5)  # centred
+    with pytest.raises(InvalidInput, match="aspect"):
+        preset("standing", 0.0)
+
+
 def test_json_round_trip_keeps_missing_points_and_face():
     lm = np.stack([np.linspace(10, 60, 68), np.linspace(20, 40, 68)], 1)
     pose = fit_face(preset("standing").without(9), lm, 512, 512)
