@@ -17,6 +17,7 @@ from typing import Any
 
 import numpy as np
 
+from desktop.viewmodel.controls import ControlsModel
 from desktop.viewmodel.edits import EditHistory
 from desktop.viewmodel.events import Event, TimerFactory
 from desktop.viewmodel.generation import GenerationSettings, GenerationState, draft_request
@@ -129,6 +130,7 @@ class StudioState:
         self.saved = Event()  # path
 
         self.identity: IdentityEntry | None = None
+        self.controls: ControlsModel | None = None  # ControlNets and LoRAs (set by the controls panel)
         self.history: list[HistoryEntry] = []
         self.shown: HistoryEntry | None = None
         self.previous: HistoryEntry | None = None
@@ -241,9 +243,10 @@ class StudioState:
     # -- generation -----------------------------------------------------------------------------
     def current_request(self, *, live: bool = False) -> GenerateRequest:
         ident = self.identity.identity if self.identity else None
-        return self.generation.settings.request(
+        request = self.generation.settings.request(
             wplus=None if ident is None else ident.wplus, edits=self.edits.state,
             identity_name="" if ident is None else ident.name, live=live)
+        return request if self.controls is None else self.controls.apply(request)
 
     def _next_seed(self) -> None:
         if not self.generation.settings.seed_locked:
@@ -334,6 +337,10 @@ class StudioState:
             return
         self._live_throttle.poke()
         self._final_timer.start(350)
+
+    def controls_changed(self) -> None:
+        """A ControlNet or LoRA setting changed (not a generation setting): live mode re-renders too."""
+        self._on_settings_changed(self.generation.settings, "controls")
 
     def _send_preview(self) -> None:
         if self.identity is None:
@@ -480,6 +487,8 @@ class StudioState:
             if self.identity is None or entry.identity.id != self.identity.identity.id:
                 self.identity = entry
                 self.identity_changed.emit(entry)
+        if self.controls is not None:
+            self.controls.restore(request)
         # Edits last so the preview follows the restored identity.
         self.edits.set_state(request.edits)
         if self.identity is not None:

@@ -17,7 +17,9 @@ from PySide6.QtWidgets import (
     QFileDialog,
     QLabel,
     QMainWindow,
+    QScrollArea,
     QSplitter,
+    QTabWidget,
     QVBoxLayout,
     QWidget,
 )
@@ -25,9 +27,11 @@ from PySide6.QtWidgets import (
 from desktop.camera.controller import CameraController
 from desktop.camera.sources import list_sources
 from desktop.viewmodel.capture import BURST_FRAMES, IMAGE_SUFFIXES, CaptureController
+from desktop.viewmodel.controls import ControlsModel
 from desktop.viewmodel.reports import BackendOption, FailureInfo
 from desktop.viewmodel.studio import StudioState
 from desktop.views.camera_panel import CameraPanel
+from desktop.views.controls_panel import ControlsPanel
 from desktop.views.dialogs import LicenceDialog, ModelsDialog
 from desktop.views.edit_panel import EditPanel
 from desktop.views.generation_panel import GenerationPanel
@@ -35,6 +39,7 @@ from desktop.views.identity_panel import IdentityPanel
 from desktop.views.restore_panel import RestorePanel
 from desktop.views.result_view import ResultView
 from desktop.views.widgets import Banner
+from engine.images import load_image
 
 log = logging.getLogger(__name__)
 
@@ -93,6 +98,15 @@ class MainWindow(QMainWindow):
         self.edit_panel = EditPanel(studio.edits)
         self.result_view = ResultView()
         self.restore_panel = RestorePanel()
+        self.controls_panel = ControlsPanel(ControlsModel(load_image), paths.models_dir, studio, settings)
+        controls_scroll = QScrollArea()
+        controls_scroll.setWidgetResizable(True)
+        controls_scroll.setFrameShape(QScrollArea.Shape.NoFrame)
+        controls_scroll.setHorizontalScrollBarPolicy(Qt.ScrollBarPolicy.ScrollBarAlwaysOff)
+        controls_scroll.setWidget(self.controls_panel)
+        self.side_tabs = QTabWidget()
+        self.side_tabs.addTab(self.edit_panel, "Edits")
+        self.side_tabs.addTab(controls_scroll, "ControlNet · LoRA")
 
         left = QSplitter(Qt.Orientation.Vertical)
         left.addWidget(self._card(self.camera_panel))
@@ -102,7 +116,7 @@ class MainWindow(QMainWindow):
         left.setStretchFactor(1, 6)
         right = QSplitter(Qt.Orientation.Vertical)
         right.addWidget(self._card(self.generation_panel))
-        right.addWidget(self._card(self.edit_panel))
+        right.addWidget(self._card(self.side_tabs))
         right.setStretchFactor(0, 0)
         right.setStretchFactor(1, 1)
         center = self._card(self.result_view)
@@ -310,6 +324,7 @@ class MainWindow(QMainWindow):
         self.settings.setValue("window/right", self._right.saveState())
         self.settings.setValue("camera/source", self.camera_panel.current_spec())
         self.studio.generation.settings.save(self.settings)
+        self.controls_panel.save_settings(self.settings)
         self.settings.sync()
 
     def closeEvent(self, event: QCloseEvent) -> None:

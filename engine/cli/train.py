@@ -65,12 +65,12 @@ def run(args: argparse.Namespace) -> int:
             raise InvalidInput("--probe needs --stage 2, --adapter ADAPTER and -o LOSSES.json.")
         import torch
 
-        from engine.faces.chain import resolve_device
+        from engine.devices import resolve_device
         from engine.training.probe import run_probe
 
         losses = run_probe(args.probe, _model(args), args.adapter, args.output,
                            lambdas=Lambdas(args.lambda_disen, args.lambda_preserve),
-                           device=resolve_device(device), dtype=torch.float32)
+                           device=resolve_device(device, "float32")[0], dtype=torch.float32)
         print(json.dumps({k: losses[k] for k in ("loss", "loss_rec", "loss_disen", "loss_preserve")}))
         return 0
     if not args.data or not args.out:

@@ -151,7 +151,7 @@ def read_lora(path: str | Path) -> LoraFile:
         WrongModelFamily: an SDXL / SD 2.x LoRA, or not a LoRA at all.
         ModelCorrupt, UnsafeCheckpoint: unreadable file.
     """
-    from engine.checkpoints import load_state
+    from engine.models.safe_load import load_state
 
     p = Path(path).expanduser()
     if not p.is_file():
