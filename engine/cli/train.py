@@ -70,7 +70,7 @@ def run(args: argparse.Namespace) -> int:
 
         losses = run_probe(args.probe, _model(args), args.adapter, args.output,
                            lambdas=Lambdas(args.lambda_disen, args.lambda_preserve),
-                           device=resolve_device(device, "float32")[0], dtype=torch.float32)
+                           device=str(resolve_device(device, "float32")[0]), dtype=torch.float32)
         print(json.dumps({k: losses[k] for k in ("loss", "loss_rec", "loss_disen", "loss_preserve")}))
         return 0
     if not args.data or not args.out:

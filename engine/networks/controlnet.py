@@ -170,10 +170,10 @@ def convert_ldm_controlnet(state: Mapping[str, Any], config: Mapping[str, Any]) 
 
 def _read_single(path: Path) -> tuple[dict[str, Any], dict[str, tuple[int, ...]]]:
     from engine.models.safe_load import load_state
-    from engine.networks.sd15 import read_safetensors_header
+    from engine.models.safe_load import read_safetensors_header
 
     if path.suffix.lower() == ".safetensors":
-        shapes = {k: s for k, (_d, s) in read_safetensors_header(path).items()}
+        shapes = {k: s for k, (_d, s) in read_safetensors_header(path).tensors.items()}
         family = _family_from_shapes(shapes)
         if family != "sd15":
             raise _refuse(path, family)
