@@ -169,8 +169,7 @@ def convert_ldm_controlnet(state: Mapping[str, Any], config: Mapping[str, Any]) 
 
 
 def _read_single(path: Path) -> tuple[dict[str, Any], dict[str, tuple[int, ...]]]:
-    from engine.models.safe_load import load_state
-    from engine.models.safe_load import read_safetensors_header
+    from engine.models.safe_load import load_state, read_safetensors_header
 
     if path.suffix.lower() == ".safetensors":
         shapes = {k: s for k, (_d, s) in read_safetensors_header(path).tensors.items()}
