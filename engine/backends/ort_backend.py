@@ -249,6 +249,9 @@ class OrtRunners(OrtControls):
 
     backend = "onnxruntime"
 
+    def _graph_runner(self, spec: Any, target: Path, info: Any) -> Any:
+        session = open_session(target, self.providers, threads=self.threads)
+        return OrtRunner(spec, session, info, target, self.device)
     def __init__(
         self,
         onnx_dir: str | os.PathLike[str],

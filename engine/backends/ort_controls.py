@@ -149,9 +149,11 @@ class OrtControls:
             )
         return self._open(target, "unet_control" if "control" in name else "unet")
 
-    def _open(self, target: Path, component: str) -> Any:
-        from engine.backends.ort_backend import OrtRunner, open_session
+    def _graph_runner(self, spec: Any, target: Path, info: Any) -> Any:
+        """A runner for one graph file; `OrtRunners` (which owns the sessions) provides it."""
+        raise NotImplementedError
 
+    def _open(self, target: Path, component: str) -> Any:
         st = self._controls_state()
         key = ("file", str(target))
         if key not in st["graphs"]:
@@ -159,8 +161,7 @@ class OrtControls:
             n = int(dict(info.extra).get("n_down", "0") or 0)
             spec = {"controlnet": controlnet_spec(n) if n else None,
                     "unet_control": unet_control_spec(n) if n else None}.get(component) or IO_SPEC[component]
-            session = open_session(target, self.providers, threads=self.threads)
-            st["graphs"][key] = OrtRunner(spec, session, info, target, self.device)
+            st["graphs"][key] = self._graph_runner(spec, target, info)
         return st["graphs"][key]
 
     def routed(self, component: str) -> Any:

@@ -74,6 +74,16 @@ class Models:
     root: Path
 
 
+def small_restorer() -> Any:
+    """PSFRGAN's generator at 4–16 channels (the real 512² input and output)."""
+    from engine.networks.psfrgan import PSFRGenerator
+    from engine.testing.wbn import fill_module
+
+    net = PSFRGenerator(ch_range=(4, 16), spade_hidden=8)
+    fill_module(net, "test:backend_psfrgan.")
+    return net.eval()
+
+
 @pytest.fixture(scope="session")
 def models(tmp_path_factory) -> Models:
     import torch
@@ -89,6 +99,7 @@ def models(tmp_path_factory) -> Models:
     with torch.random.fork_rng(devices=[]):
         torch.manual_seed(5)
         encoder, parser, preview = small_encoder(), small_parser(), small_preview()
+    restorer = small_restorer()
     modules = {
         "text_encoder": comps.text_encoder,
         "unet": comps.unet,
@@ -97,6 +108,7 @@ def models(tmp_path_factory) -> Models:
         "face_encoder": encoder,
         "face_parser": parser,
         "stylegan_preview": preview.module,
+        "face_restorer": restorer,
     }
     return Models(modules, comps, wproj, preview, root)
 
