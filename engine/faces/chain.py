@@ -49,7 +49,7 @@ def _open_face_runners(models: ModelService, *, with_parser: bool) -> tuple[Any,
     runners, choice = open_runners(models.config, lambda: TorchModuleRunners(loaders, device),
                                    components=("face_encoder",), partial=True)
     if choice.fallback_reasons:
-        log.warning("face chain backend: %s", choice.message)
+        log.info("face chain backend: %s", choice.message)  # shown once through Identity warnings
     return runners, choice
 
 

@@ -108,7 +108,7 @@ def open_preview(config: Any, torch_preview: Callable[[], Any], *, report: Any =
     # The torch side is the whole StyleGANPreview, not a runner: nothing to build for open_runners.
     runners, choice = open_runners(config, lambda: TorchModuleRunners({}), report=report, components=(COMPONENT,))
     if choice.fallback_reasons:
-        log.warning("preview backend: %s", choice.message)
+        log.info("preview backend: %s", choice.message)  # the caller shows it (CLI line, app banner)
     if choice.backend == "torch":
         return torch_preview(), choice
     return RunnerPreview(runners.get(COMPONENT), torch_preview, choice.backend), choice
