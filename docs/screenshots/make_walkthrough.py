@@ -41,10 +41,9 @@ def main() -> int:
 
     out_dir = Path(sys.argv[1]) if len(sys.argv) > 1 else REPO / "docs" / "screenshots"
     photo = Path(skimage.__file__).parent / "data" / "astronaut.png"
-    shared = Path(os.environ.get("WPLUS_SHARED", REPO.parent / "shared"))
     tmp = Path(tempfile.mkdtemp(prefix="wplus-walk-"))
     models = Path(os.environ.get("WPLUS_SHOT_MODELS", tmp / "models"))
-    write_models(models, shared)
+    write_models(models, REPO / "tests" / "fixtures" / "official")
     qapp = QApplication.instance() or QApplication([])
 
     def pump(seconds: float, until=None, what: str = "") -> None:
