@@ -215,17 +215,23 @@ def _two_process_worker(model, data, init, out):
 
 
 def test_two_processes_equal_one_process_with_the_same_global_batch(tiny_sd, data2, stage1_adapter, tmp_path):
-    from accelerate import debug_launcher
-    from accelerate.state import AcceleratorState, PartialState
+    import subprocess
+    import sys
+    from pathlib import Path
 
     one = train(_cfg(tiny_sd, data2, tmp_path / "one", stage=2, init=str(stage1_adapter), steps=3, batch=4,
                      save_every=3))
-    try:
-        debug_launcher(_two_process_worker, (str(tiny_sd), str(data2), str(stage1_adapter), str(tmp_path / "two")),
-                       num_processes=2)
-    finally:
-        AcceleratorState._reset_state(True)
-        PartialState._reset_state()
+    # accelerate's debug_launcher forks; forking this test process (which by now holds OpenMP and ONNX
+    # Runtime threads from earlier tests) can deadlock the children, so the two processes start from a
+    # fresh interpreter. The timeout turns a hang into a failure.
+    repo = str(Path(__file__).resolve().parents[2])
+    args = (str(tiny_sd), str(data2), str(stage1_adapter), str(tmp_path / "two"))
+    code = (f"import sys; sys.path.insert(0, {repo!r})\n"
+            "from accelerate import debug_launcher\n"
+            "from tests.training.test_loop import _two_process_worker\n"
+            f"debug_launcher(_two_process_worker, {args!r}, num_processes=2)\n")
+    proc = subprocess.run([sys.executable, "-c", code], cwd=repo, capture_output=True, text=True, timeout=900)
+    assert proc.returncode == 0, proc.stderr[-3000:]
     a, b = _adapter_tensors(one.run_dir), _adapter_tensors(tmp_path / "two")
     init = _adapter_tensors_init(stage1_adapter)
     assert a.keys() == b.keys()
