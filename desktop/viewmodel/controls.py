@@ -300,9 +300,11 @@ class ControlsModel:
         Slow (the model load is ≈1 s once, then ≈0.1 s): call it off the GUI thread.
         """
         if self._detector is None:
-            import importlib
+            from engine.faces.detect import (
+                FaceDetector,  # dlib only (no torch): the import contracts check it
+            )
 
-            self._detector = importlib.import_module("engine.faces.detect").FaceDetector()
+            self._detector = FaceDetector()
         faces = self._detector.detect(face)
         return None if not faces else np.asarray(faces[0].landmarks, np.float64)
 

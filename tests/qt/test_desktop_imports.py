@@ -64,6 +64,4 @@ def test_only_the_bridge_imports_modules_by_name():
     """`importlib.import_module` would hide an import from the import-linter contract."""
     users = sorted(p.relative_to(REPO).as_posix() for p in (REPO / "desktop").rglob("*.py")
                    if "import_module(" in p.read_text("utf-8"))
-    # desktop/selftest.py and the models-folder resolver of desktop/app.py belong to the models work,
-    # which replaces them with the engine's single resolver (issue 11); nothing else may join them.
-    assert set(users) <= {"desktop/engine_client.py", "desktop/selftest.py", "desktop/app.py"}, users
+    assert set(users) <= {"desktop/engine_client.py"}, users
