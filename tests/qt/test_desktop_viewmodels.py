@@ -69,7 +69,7 @@ class RecordingClient:
     def submit_preview(self, wplus, edits, size=256, *, exact=False) -> int:
         return self._next()
 
-    def encode(self, image, *, name="", aligned=False) -> int:
+    def encode(self, image, *, name="", aligned=False, restore=False) -> int:
         self.encodes.append(("one", image, name))
         return self._next()
 

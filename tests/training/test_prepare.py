@@ -18,6 +18,7 @@ pytestmark = pytest.mark.usefixtures("one_torch_thread")
 
 def small_chain():
     """A FaceChain with small rule-weight stand-ins for e4e and ParseNet (module level: workers pickle it)."""
+    from engine.backends.torch_backend import module_runner
     from engine.faces.chain import FaceChain
     from engine.faces.parse import FaceParser
     from engine.networks.parsenet import ParseNet
@@ -28,7 +29,8 @@ def small_chain():
     fill_module(enc, "test:small_e4e.")
     net = ParseNet(size=512, min_feat_size=128, base_ch=4, res_depth=1, ch_range=(4, 8))
     fill_module(net, "test:small_parsenet.")
-    return FaceChain(lambda: enc.eval(), lambda: FaceParser(net.eval()))
+    return FaceChain(lambda: module_runner("face_encoder", enc.eval()),
+                     lambda: FaceParser(module_runner("face_parser", net.eval())))
 
 
 @pytest.fixture(scope="module")

@@ -10,6 +10,7 @@ import numpy as np
 import pytest
 import torch
 
+from engine.backends.torch_backend import module_runner
 from engine.config import EngineConfig
 from engine.errors import ModelMissing
 from engine.faces.chain import FaceChain
@@ -36,7 +37,7 @@ def encoder():
 def parser():
     net = ParseNet(size=512, min_feat_size=128, base_ch=4, res_depth=1, ch_range=(4, 8))
     fill_module(net, "test:small_parsenet.")
-    return FaceParser(net.eval())
+    return FaceParser(module_runner("face_parser", net.eval()))
 
 
 class SpyGenerator(torch.nn.Module):
@@ -66,7 +67,7 @@ def spy():
 def chain(encoder, parser, spy, detector):
     encoder.inputs.clear()
     spy.calls.clear()
-    return FaceChain(lambda: encoder, lambda: parser, detector=detector,
+    return FaceChain(lambda: module_runner("face_encoder", encoder), lambda: parser, detector=detector,
                      restorer_loader=lambda: FaceRestorer.from_module(spy))
 
 
@@ -117,7 +118,7 @@ def test_missing_psfrgan_names_the_file_and_where_it_goes(tmp_path, encoder, par
     assert "psfrgan_epoch15_net_G.pth" in exc.value.user_message
     assert str(tmp_path / "psfrgan_epoch15_net_G.pth") in exc.value.user_message
     assert "models folder" in exc.value.hint
-    chain = FaceChain(lambda: encoder, lambda: parser, detector=detector,
+    chain = FaceChain(lambda: module_runner("face_encoder", encoder), lambda: parser, detector=detector,
                       restorer_loader=lambda: open_restorer(ModelService(config)))
     encoder.inputs.clear()
     with pytest.raises(ModelMissing, match=r"psfrgan_epoch15_net_G\.pth"):
@@ -127,7 +128,7 @@ def test_missing_psfrgan_names_the_file_and_where_it_goes(tmp_path, encoder, par
 
 
 def test_restore_without_parser_says_so(encoder, spy, detector, astronaut):
-    chain = FaceChain(lambda: encoder, None, detector=detector, restorer_loader=lambda: FaceRestorer.from_module(spy))
+    chain = FaceChain(lambda: module_runner("face_encoder", encoder), None, detector=detector, restorer_loader=lambda: FaceRestorer.from_module(spy))
     with pytest.raises(ModelMissing, match="parse_multi_iter_90000"):
         chain.encode_identity(astronaut, restore=True)
 
