@@ -106,7 +106,11 @@ def setup_cli_logging(name: str, *, debug: bool = False, log_dir: Path | None = 
         if isinstance(h, _Console):
             root.removeHandler(h)
     root.addHandler(_Console(everything=debug))
-    logging.captureWarnings(True)  # warnings.warn → the "py.warnings" logger → the file (console: --debug)
+    # warnings.warn → the "py.warnings" logger → the file (console: --debug). captureWarnings(True) is a
+    # no-op while it believes it is already on, even if something (a test runner's catch_warnings, a
+    # library) has put `warnings.showwarning` back since; switching it off first makes it take effect.
+    logging.captureWarnings(False)
+    logging.captureWarnings(True)
     if not debug:
         # huggingface_hub reads it at import; transformers' "Loading weights" bars follow it
         os.environ.setdefault("HF_HUB_DISABLE_PROGRESS_BARS", "1")
