@@ -151,12 +151,21 @@ class StudioApp:
         self.window._update_device()
 
     def shutdown(self) -> None:
-        """Stop the camera, cancel and join the worker, save settings. Safe to call twice."""
+        """Save the settings, then stop in order: timers, workers, the bridge. Safe to call twice.
+
+        Timers first, so a debounced render or a throttled preview cannot fire into the closed bridge;
+        then the camera's threads; then the reports still queued for the GUI thread are dropped; last the
+        bridge cancels the running render and joins its threads (the engine session is closed there).
+        """
         if self._shut:
             return
         self._shut = True
         self.window.save_state()
+        self.studio.close()
+        self.captures.stop_burst()
+        self.window.stop_timers()
         self.camera.stop()
+        self.binding.close()
         self.client.close()
         self.library.purge_trash()
         log.info("W+ Studio stopped")

@@ -155,6 +155,7 @@ class StudioState:
         self._preview_throttle = Throttle(self._send_preview, 33, timer, clock)
         self._live_throttle = Throttle(lambda: self._send_render(live=True), 80, timer, clock)
         self._final_timer = timer(lambda: self._send_render())
+        self.closed = False
 
         edits.changed.connect(self._on_edits_changed)
         generation.changed.connect(self._on_settings_changed)
@@ -184,6 +185,13 @@ class StudioState:
 
     def probe_backends(self) -> None:
         self.client.probe_backends()
+
+    def close(self) -> None:
+        """The app is quitting: stop every timer (a debounced render, the throttled previews) and send
+        nothing more to the bridge, which closes next. Safe to call twice."""
+        self.closed = True
+        self._stop_live()
+        self._preview_throttle.cancel()
 
     # -- identities -----------------------------------------------------------------------------
     def select_identity(self, identity_id: str | None) -> None:
@@ -283,6 +291,8 @@ class StudioState:
         self._live_throttle.cancel()
 
     def _send_render(self, *, live: bool = False, draft: bool = False) -> int:
+        if self.closed:
+            return 0
         try:
             full = self.current_request(live=live)
             request = draft_request(full) if draft else full
@@ -343,7 +353,7 @@ class StudioState:
         self._on_settings_changed(self.generation.settings, "controls")
 
     def _send_preview(self) -> None:
-        if self.identity is None:
+        if self.identity is None or self.closed:
             return
         if self._dragging:
             self._request_preview("drag")

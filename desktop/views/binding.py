@@ -47,6 +47,7 @@ class EngineBinding(QObject):
     def __init__(self, client: EngineClient, studio: StudioState, capture: CaptureController,
                  parent: QObject | None = None) -> None:
         super().__init__(parent)
+        self._closed = False
         self._deliver.connect(self._run)
         for signal, handler in (
             (client.result_ready, studio.on_result),
@@ -74,5 +75,11 @@ class EngineBinding(QObject):
     def _route(self, signal: Any, handler: Callable[..., None]) -> None:
         signal.connect(lambda *args: self._deliver.emit(handler, args))
 
+    def close(self) -> None:
+        """Drop every report still queued or yet to come: after shutdown a handler could ask the closed
+        bridge for more (a new identity asks for its face preview)."""
+        self._closed = True
+
     def _run(self, handler: Callable[..., None], args: tuple) -> None:
-        handler(*args)
+        if not self._closed:
+            handler(*args)

@@ -327,6 +327,10 @@ class MainWindow(QMainWindow):
         self.controls_panel.save_settings(self.settings)
         self.settings.sync()
 
+    def stop_timers(self) -> None:
+        """The app is quitting (`StudioApp.shutdown`)."""
+        self._memory_timer.stop()
+
     def closeEvent(self, event: QCloseEvent) -> None:
         self.save_state()
         self.captures.stop_burst()

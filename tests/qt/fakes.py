@@ -82,6 +82,7 @@ class FakeSession:
         self.model_checks: list[bool] = []  # verify flag of each model_states call
         self.encodes = 0
         self.closed = False
+        self.close_calls = 0
         self.thread_names: set[str] = set()
 
     # -- protocol -------------------------------------------------------------------------------
@@ -184,6 +185,7 @@ class FakeSession:
 
     def close(self) -> None:
         self.closed = True
+        self.close_calls += 1
 
     def _note(self) -> None:
         self.thread_names.add(threading.current_thread().name)
