@@ -122,6 +122,7 @@ class StudioState:
         self.catalog_changed = Event()  # tuple[SliderSpec, ...]
         self.timings_changed = Event()  # Mapping[str, float]
         self.status_message = Event()  # str
+        self.result_warnings = Event()  # tuple[str, ...]: the newest result's warnings (() when it has none)
         self.shown_changed = Event()  # str: describe_shown of the shown entry ("" when none)
         self.ab_changed = Event()  # bool
         self.engine_state = Event()  # "starting", "ready", "failed", "closed"
@@ -391,8 +392,13 @@ class StudioState:
         if gen >= self._newest_render:
             self.progress_changed.emit(None)
         self.timings_changed.emit(dict(result.timings))
+        warnings = tuple(str(w) for w in result.warnings)
+        self.result_warnings.emit(warnings)
+        if warnings:
+            # e.g. "Rendered on torch: <what the export lacks and the command that adds it>"
+            log.info("render %d warned: %s", gen, " | ".join(warnings))
         if not live and entries:
-            self.status_message.emit(describe_shown(entries[0]))
+            self.status_message.emit(f"⚠ {warnings[0]}" if warnings else describe_shown(entries[0]))
 
     def _show(self, entry: HistoryEntry | None) -> None:
         if self.shown is not None and entry is not None and self.shown.result is not entry.result:

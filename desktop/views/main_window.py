@@ -294,6 +294,7 @@ class MainWindow(QMainWindow):
         s.catalog_changed.connect(self.edit_panel.set_catalog)
         s.timings_changed.connect(self._on_timings)
         s.status_message.connect(self.status_state.setText)
+        s.result_warnings.connect(self._on_result_warnings)
         s.ab_changed.connect(self._on_ab)
         self.captures.status.connect(self.status_state.setText)
         self.captures.still_shown.connect(self.camera_panel.show_still)
@@ -411,6 +412,13 @@ class MainWindow(QMainWindow):
         self.result_view.show_entry(entry)
         self.result_view.ab_button.setEnabled(self.studio.previous is not None)
         self.act_save.setEnabled(entry is not None)
+
+    def _on_result_warnings(self, warnings: tuple[str, ...]) -> None:
+        """The newest result's warnings in the banner (amber; an error shown stays); a clean result clears them."""
+        if not warnings:
+            self.banner.clear_warning()
+            return
+        self.banner.show_warning(warnings[0], "\n".join(warnings[1:]))
 
     def _on_ab(self, showing_b: bool) -> None:
         self.result_view.ab_button.blockSignals(True)

@@ -112,6 +112,10 @@ class ResultView(QWidget):
         self.likeness_label = QLabel("")
         self.likeness_label.setObjectName("likeness")
         self.likeness_label.setToolTip("Likeness to the identity (face-embedding distance; lower is closer)")
+        # the shown result's warnings (e.g. "Rendered on torch: …"): stays with the result, also from the history
+        self.warning_label = QLabel("")
+        self.warning_label.setObjectName("resultWarning")
+        self.warning_label.setVisible(False)
         self.ab_button = QToolButton()
         self.ab_button.setText("A/B")
         self.ab_button.setCheckable(True)
@@ -127,6 +131,8 @@ class ResultView(QWidget):
         row.addWidget(self.step_label)
         row.addWidget(self.eta_label)
         row.addStretch(1)
+        row.addWidget(self.warning_label)
+        row.addSpacing(8)
         row.addWidget(self.likeness_label)
         row.addSpacing(12)
         row.addWidget(self.ab_button)
@@ -161,6 +167,17 @@ class ResultView(QWidget):
         self.image.set_caption("" if entry is None else
                                f"seed {entry.seed} · {entry.request.steps} steps · {entry.request.identity_name or 'no identity'}")
         self.save_button.setEnabled(entry is not None)
+        self.set_warnings(() if entry is None else entry.result.warnings)
+
+    def set_warnings(self, warnings) -> None:
+        """A short amber mark under the image; the full text in its tooltip (and in the banner)."""
+        warnings = [str(w) for w in warnings]
+        if warnings:
+            head = warnings[0].split(":", 1)[0] if warnings[0].startswith("Rendered on ") else "Warning"
+            more = f" (+{len(warnings) - 1})" if len(warnings) > 1 else ""
+            self.warning_label.setText(f"⚠ {head}{more}")
+        self.warning_label.setToolTip("\n\n".join(warnings))
+        self.warning_label.setVisible(bool(warnings))
 
     def show_step(self, preview) -> None:
         self.image.set_array(preview)

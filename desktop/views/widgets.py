@@ -170,7 +170,9 @@ class FloatSlider(QWidget):
 
 
 class Banner(QFrame):
-    """A non-modal error banner: message, hint, expandable details, dismiss."""
+    """A non-modal banner: message, hint, expandable details, dismiss. Red for errors, amber for warnings
+    (`kind` property "error"/"warning", styled in resources/style.qss); an error is never replaced by a
+    warning."""
 
     dismissed = Signal()
 
@@ -213,12 +215,34 @@ class Banner(QFrame):
         lay.addLayout(top)
         lay.addWidget(self.details)
         self.count = 0
+        self.kind = ""  # "error" or "warning" while shown
         self.hide()
 
     def show_error(self, message: str, hint: str = "", details: str = "") -> None:
         self.count += 1
         more = f"  ({self.count} errors)" if self.count > 1 else ""
-        self.message.setText(message + more)
+        self._show("error", message + more, hint, details)
+
+    def show_warning(self, message: str, hint: str = "", details: str = "") -> bool:
+        """Show a warning unless an error is shown (it stays until dismissed); True when shown."""
+        if self.kind == "error" and self.isVisible():
+            return False
+        self._show("warning", message, hint, details)
+        return True
+
+    def clear_warning(self) -> None:
+        """Hide the banner if it shows a warning (its cause is gone); an error stays."""
+        if self.kind == "warning":
+            self.dismiss()
+
+    def _show(self, kind: str, message: str, hint: str, details: str) -> None:
+        if kind != self.kind:
+            self.kind = kind
+            self.setProperty("kind", kind)
+            for w in (self, *self.findChildren(QWidget)):  # the children's colours depend on the kind too
+                w.style().unpolish(w)
+                w.style().polish(w)
+        self.message.setText(message)
         self.hint.setText(hint)
         self.hint.setVisible(bool(hint))
         self.details.setPlainText(details)
@@ -227,6 +251,7 @@ class Banner(QFrame):
 
     def dismiss(self) -> None:
         self.count = 0
+        self.kind = ""
         self.details_button.setChecked(False)
         self.hide()
         self.dismissed.emit()

@@ -72,6 +72,7 @@ class FakeSession:
         self.fail_render = fail_render
         self._catalog = catalog
         self.gate: threading.Event | None = None  # set by a test to hold renders before they start
+        self.warnings: tuple[str, ...] = ()  # Result.warnings of every render (as the engine's, e.g. a fallback)
         self.started = threading.Event()
         self.lock = threading.Lock()
         self.renders_started: list[GenerateRequest] = []
@@ -166,7 +167,7 @@ class FakeSession:
             self.renders_finished.append(request)
         total = time.perf_counter() - t0
         return Result(request, images, tuple(request.seed + k for k in range(request.n)),
-                      timings={"total": total, "unet": total * 0.9})
+                      timings={"total": total, "unet": total * 0.9}, warnings=self.warnings)
 
     def preview_face(self, wplus: np.ndarray, edits: EditState = EditState(), size: int = 256, *,
                      exact: bool = False) -> np.ndarray:
