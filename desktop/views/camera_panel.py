@@ -78,7 +78,7 @@ class CameraPanel(QWidget):
         self.toggle.setCheckable(True)
         self.toggle.setToolTip("Start or stop the live view")
         self.view = CameraView()
-        self.view.setMinimumHeight(200)
+        self.view.setMinimumHeight(150)  # a 768-px-high screen fits the whole left column
         self.hint = QLabel("")
         self.hint.setObjectName("gateHint")
         self.hint.setWordWrap(True)

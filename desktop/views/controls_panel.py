@@ -29,7 +29,7 @@ from PySide6.QtWidgets import (
 
 from desktop.viewmodel.controls import ControlsModel, find_model_files
 from desktop.views.pose_editor import PoseEditor
-from desktop.views.widgets import FloatSlider, ImageView
+from desktop.views.widgets import TAB_PAGE_MARGINS, FloatSlider, ImageView
 from engine.api import ControlKind
 
 log = logging.getLogger(__name__)
@@ -205,7 +205,7 @@ class ControlsPanel(QWidget):
         self.lora_empty.setObjectName("hint")
 
         lay = QVBoxLayout(self)
-        lay.setContentsMargins(0, 0, 0, 0)
+        lay.setContentsMargins(*TAB_PAGE_MARGINS)  # clear of the tab page's frame
         lay.setSpacing(6)
         lay.addLayout(head)
         lay.addLayout(add_row)

@@ -6,7 +6,7 @@ from PySide6.QtCore import Qt
 from PySide6.QtWidgets import QGroupBox, QHBoxLayout, QLabel, QScrollArea, QToolButton, QVBoxLayout, QWidget
 
 from desktop.viewmodel.edits import EditHistory
-from desktop.views.widgets import FloatSlider
+from desktop.views.widgets import TAB_PAGE_MARGINS, FloatSlider
 from engine.api import EditState, SliderSpec
 
 GROUP_ORDER = ("age & gender", "expression", "pose", "appearance")
@@ -51,7 +51,7 @@ class EditPanel(QWidget):
         scroll.setWidget(self._body)
         scroll.setHorizontalScrollBarPolicy(Qt.ScrollBarPolicy.ScrollBarAlwaysOff)
         lay = QVBoxLayout(self)
-        lay.setContentsMargins(0, 0, 0, 0)
+        lay.setContentsMargins(*TAB_PAGE_MARGINS)  # clear of the tab page's frame
         lay.addLayout(head)
         lay.addWidget(scroll, 1)
         self.undo_button.clicked.connect(edits.undo)

@@ -47,7 +47,7 @@ class IdentityPanel(QWidget):
             "The face as the W+ code holds it (StyleGAN2 of the e4e checkpoint): the exact reconstruction "
             "after capture; while a slider moves, a quicker, blurrier draft that follows the edits.")
         for v in (self.face_view, self.preview_view):
-            v.setMinimumSize(120, 120)
+            v.setMinimumSize(100, 100)
             v.setMaximumHeight(190)
         faces = QHBoxLayout()
         faces.setSpacing(6)

@@ -17,7 +17,6 @@ from PySide6.QtWidgets import (
     QFileDialog,
     QLabel,
     QMainWindow,
-    QScrollArea,
     QSplitter,
     QTabWidget,
     QVBoxLayout,
@@ -38,10 +37,14 @@ from desktop.views.generation_panel import GenerationPanel
 from desktop.views.identity_panel import IdentityPanel
 from desktop.views.restore_panel import RestorePanel
 from desktop.views.result_view import ResultView
-from desktop.views.widgets import Banner
+from desktop.views.widgets import Banner, ElidedLabel, VerticalScroll
 from engine.images import load_image
 
 log = logging.getLogger(__name__)
+
+# The restore card keeps room for its toggle and a four-line reason (1024 px wide windows); the aligned |
+# restored faces beneath scroll into view.
+RESTORE_FIT_HEIGHT = 110
 
 
 @dataclass(frozen=True)
@@ -86,7 +89,7 @@ class MainWindow(QMainWindow):
         self.setObjectName("mainWindow")
         self.setAcceptDrops(True)
         self.resize(1440, 900)
-        self.setMinimumSize(1100, 700)
+        # no fixed minimum: the panels' own minimums (≈1024×750) keep every text and button whole
         self._backends: tuple[BackendOption, ...] = ()
         self._models_dialog: ModelsDialog | None = None
         self._consent_dialog: LicenceDialog | None = None
@@ -99,19 +102,17 @@ class MainWindow(QMainWindow):
         self.result_view = ResultView()
         self.restore_panel = RestorePanel()
         self.controls_panel = ControlsPanel(ControlsModel(load_image), paths.models_dir, studio, settings)
-        controls_scroll = QScrollArea()
-        controls_scroll.setWidgetResizable(True)
-        controls_scroll.setFrameShape(QScrollArea.Shape.NoFrame)
-        controls_scroll.setHorizontalScrollBarPolicy(Qt.ScrollBarPolicy.ScrollBarAlwaysOff)
-        controls_scroll.setWidget(self.controls_panel)
         self.side_tabs = QTabWidget()
         self.side_tabs.addTab(self.edit_panel, "Edits")
-        self.side_tabs.addTab(controls_scroll, "ControlNet · LoRA")
+        self.side_tabs.addTab(VerticalScroll(self.controls_panel), "ControlNet · LoRA")
 
         left = QSplitter(Qt.Orientation.Vertical)
         left.addWidget(self._card(self.camera_panel))
         left.addWidget(self._card(self.identity_panel))
-        left.addWidget(self._card(self.restore_panel))
+        # the restore panel's reason wraps to several lines: the splitter leaves it their height (the faces
+        # beneath scroll), so it is never clipped
+        self.restore_scroll = VerticalScroll(self.restore_panel, fit_height=RESTORE_FIT_HEIGHT)
+        left.addWidget(self._card(self.restore_scroll))
         left.setStretchFactor(0, 5)
         left.setStretchFactor(1, 6)
         right = QSplitter(Qt.Orientation.Vertical)
@@ -233,7 +234,7 @@ class MainWindow(QMainWindow):
         self.status_device = QLabel("")
         self.status_memory = QLabel("")
         self.status_timing = QLabel("")
-        self.status_state = QLabel("Starting the engine…")
+        self.status_state = ElidedLabel("Starting the engine…")  # a long message must not widen the window
         self.status_models = QLabel("")
         self.status_models.setObjectName("statusWarn")
         self.status_models.setToolTip("Models ▸ Models… says what is missing and how to get it")

@@ -68,6 +68,9 @@ class RestorePanel(QWidget):
         lay.setSpacing(4)
         for w in (self.toggle, self.reason, self.suggestion, self.faces, self.readout):
             lay.addWidget(w)
+        lay.addStretch(1)  # spare height goes below the texts, never between their lines
+        for label in (self.suggestion, self.readout):  # an empty label would still take a line
+            label.setVisible(False)
         self.available = False
         self._shown_id = ""
         self.set_models(None)
@@ -82,32 +85,30 @@ class RestorePanel(QWidget):
         self.available = ok
         self.toggle.setEnabled(ok)
         self.toggle.setToolTip(self.toggle.toolTip() if ok else why)
-        self.reason.setText(why)
-        self.reason.setVisible(bool(why))
+        _set_text(self.reason, why)
         if not ok and self.toggle.isChecked():
             self.toggle.setChecked(False)
 
     def set_quality(self, quality: QualityReport | None) -> None:
         text = "" if self.restore_on else restore_suggestion(quality)
-        self.suggestion.setText(text)
-        self.suggestion.setVisible(bool(text))
+        _set_text(self.suggestion, text)
 
     def show_identity(self, identity: Identity | None) -> None:
         restored = None if identity is None else identity.restored_face
         self.faces.setVisible(restored is not None)
-        self.readout.setText("")
+        _set_text(self.readout, "")
         if identity is None or restored is None:
             self._shown_id = ""
             return
         self._shown_id = identity.id
         self.aligned_view.set_array(identity.aligned_face)
         self.restored_view.set_array(np.ascontiguousarray(restored))
-        self.readout.setText("Comparing the likeness with and without restoration…")
+        _set_text(self.readout, "Comparing the likeness with and without restoration…")
         self.compare_requested.emit(identity)
 
     def show_comparison(self, comparison: RestorationComparison) -> None:
         if comparison.identity_id == self._shown_id:
-            self.readout.setText(readout_text(comparison))
+            _set_text(self.readout, readout_text(comparison))
 
     def connect_to(self, studio: Any, camera: Any) -> None:
         """Wire to the studio state (models, identities, capture flag, worker calls) and the camera's analysis."""
@@ -125,3 +126,8 @@ class RestorePanel(QWidget):
         if on:
             self.suggestion.setVisible(False)
         self.enabled_changed.emit(bool(on and self.available))
+
+
+def _set_text(label: QLabel, text: str) -> None:
+    label.setText(text)
+    label.setVisible(bool(text))

@@ -53,7 +53,7 @@ class ModelsGuidance(QWidget):
         self.button.setObjectName("primary")
         self.button.clicked.connect(self.open_models)
         lay = QVBoxLayout(self)
-        lay.setContentsMargins(48, 48, 48, 48)
+        lay.setContentsMargins(32, 32, 32, 32)
         lay.addStretch(1)
         lay.addWidget(self.title)
         lay.addWidget(self.body)

@@ -1,17 +1,18 @@
-"""Small reusable widgets: an aspect-fitting image view, a resettable slider, a banner."""
+"""Small reusable widgets: an aspect-fitting image view, a resettable slider, a banner, a vertical scroll area."""
 
 from __future__ import annotations
 
 from collections.abc import Callable
 
 import numpy as np
-from PySide6.QtCore import QPointF, QRectF, QSize, Qt, Signal
-from PySide6.QtGui import QColor, QFont, QImage, QPainter
+from PySide6.QtCore import QEvent, QObject, QPointF, QRectF, QSize, Qt, Signal
+from PySide6.QtGui import QColor, QFont, QImage, QPainter, QPaintEvent
 from PySide6.QtWidgets import (
     QFrame,
     QHBoxLayout,
     QLabel,
     QPlainTextEdit,
+    QScrollArea,
     QSizePolicy,
     QSlider,
     QToolButton,
@@ -20,6 +21,8 @@ from PySide6.QtWidgets import (
 )
 
 from desktop.imaging import rgb_to_qimage
+
+TAB_PAGE_MARGINS = (8, 6, 4, 0)  # left, top, right, bottom of a panel that is a QTabWidget page
 
 
 class ImageView(QWidget):
@@ -256,3 +259,75 @@ class Banner(QFrame):
         self.hide()
         self.dismissed.emit()
 
+
+
+class VerticalScroll(QScrollArea):
+    """A frameless scroll area for one panel: scrolls vertically only, so word-wrapped texts follow the width.
+
+    With `fit_height`, its minimum height is the panel's height at the current width (at most `fit_height`
+    px): a splitter then never squeezes the panel's wrapped text out of sight; only a taller panel scrolls.
+    """
+
+    def __init__(self, widget: QWidget, fit_height: int = 0, parent: QWidget | None = None) -> None:
+        super().__init__(parent)
+        self._fit = fit_height
+        self.setWidgetResizable(True)
+        self.setFrameShape(QScrollArea.Shape.NoFrame)
+        self.setHorizontalScrollBarPolicy(Qt.ScrollBarPolicy.ScrollBarAlwaysOff)
+        self.setWidget(widget)
+        if fit_height:
+            widget.installEventFilter(self)
+
+    def content_height(self, width: int) -> int:
+        w = self.widget()
+        if w.hasHeightForWidth():
+            return max(w.heightForWidth(width), w.minimumSizeHint().height())
+        return w.minimumSizeHint().height()
+
+    def minimumSizeHint(self) -> QSize:
+        hint = super().minimumSizeHint()
+        if not self._fit:
+            return hint
+        width = self.viewport().width() if self.isVisible() else self.widget().sizeHint().width()
+        return QSize(hint.width(), max(hint.height(), min(self._fit, self.content_height(width))))
+
+    def sizeHint(self) -> QSize:
+        hint = super().sizeHint()
+        return hint if not self._fit else QSize(hint.width(), self.minimumSizeHint().height())
+
+    def eventFilter(self, watched: QObject, event: QEvent) -> bool:
+        # the panel's texts or visible parts changed, or the width did: the height it needs changed
+        if self._fit and watched is self.widget() and event.type() in (QEvent.Type.LayoutRequest, QEvent.Type.Resize):
+            self.updateGeometry()
+        return super().eventFilter(watched, event)
+
+
+class ElidedLabel(QLabel):
+    """A one-line label that never widens its window: a text longer than the room ends in "…", and the
+    whole text is in the tooltip (the status bar's messages can be a long sentence)."""
+
+    def __init__(self, text: str = "", parent: QWidget | None = None) -> None:
+        super().__init__(text, parent)
+        self.setSizePolicy(QSizePolicy.Policy.Ignored, QSizePolicy.Policy.Preferred)
+        self.setToolTip(text)
+
+    def setText(self, text: str) -> None:
+        super().setText(text)
+        self.setToolTip(text if self.fontMetrics().horizontalAdvance(text) > self.contentsRect().width() else "")
+
+    def resizeEvent(self, event) -> None:
+        super().resizeEvent(event)
+        self.setToolTip(self.text() if self.fontMetrics().horizontalAdvance(self.text()) > self.contentsRect().width()
+                        else "")
+
+    def minimumSizeHint(self) -> QSize:
+        return QSize(0, super().minimumSizeHint().height())
+
+    def elided_text(self) -> str:
+        return self.fontMetrics().elidedText(self.text(), Qt.TextElideMode.ElideRight, self.contentsRect().width())
+
+    def paintEvent(self, _event: QPaintEvent) -> None:
+        p = QPainter(self)
+        p.setPen(self.palette().color(self.foregroundRole()))
+        p.drawText(self.contentsRect(), int(self.alignment()), self.elided_text())
+        p.end()
