@@ -12,6 +12,8 @@ from engine.errors import EngineError
 
 RESTORER_ROLE = "restorer"
 RESTORER_FILE = "psfrgan_epoch15_net_G.pth"
+PARSER_ROLE = "parser"
+PARSER_FILE = "parse_multi_iter_90000.pth"
 # A face whose alignment quad is narrower than this is upscaled more than 1.6× into the 512² crop e4e
 # reads (the gate itself refuses ≤ 160 px); a sharpness under twice the gate's limit is visibly soft.
 SMALL_FACE_PX = 320.0
@@ -19,17 +21,25 @@ SOFT_SHARPNESS = 80.0
 
 
 def restorer_availability(states: Any) -> tuple[bool, str]:
-    """(usable, reason when not) for the PSFRGAN file, from the models check."""
+    """(usable, reason when not) from the models check: the PSFRGAN file, and the face parser whose parse
+    map PSFRGAN is given (the engine refuses to restore without it)."""
     if not isinstance(states, tuple):
         return False, "Checking the models folder…"
-    for s in states:
-        if isinstance(s, ModelState) and s.role == RESTORER_ROLE:
-            if s.status in (ModelStatus.OK, ModelStatus.UNVERIFIED):
-                return True, ""
-            what = "is damaged" if s.status == ModelStatus.CORRUPT else "is not in the models folder"
-            return False, (f"Needs {RESTORER_FILE} (≈184 MB, CC BY-NC-SA 4.0), which {what}. "
-                           "Models ▸ Models… says how to get it.")
-    return False, f"Needs {RESTORER_FILE}, which this models folder does not list."
+    usable = (ModelStatus.OK, ModelStatus.UNVERIFIED)
+    by_role = {s.role: s for s in states if isinstance(s, ModelState)}
+    restorer = by_role.get(RESTORER_ROLE)
+    if restorer is None:
+        return False, f"Needs {RESTORER_FILE}, which this models folder does not list."
+    if restorer.status not in usable:
+        what = "is damaged" if restorer.status == ModelStatus.CORRUPT else "is not in the models folder"
+        return False, (f"Needs {RESTORER_FILE} (≈184 MB, CC BY-NC-SA 4.0), which {what}. "
+                       "Models ▸ Models… says how to get it.")
+    parser = by_role.get(PARSER_ROLE)
+    if parser is None or parser.status not in usable:
+        what = "is damaged" if parser is not None and parser.status == ModelStatus.CORRUPT else "is not installed"
+        return False, (f"Also needs the face parser {PARSER_FILE} (≈85 MB, CC BY-NC-SA 4.0): restoration is guided "
+                       f"by its parse map, and it {what}. Models ▸ Models… says how to get it.")
+    return True, ""
 
 
 def restore_suggestion(quality: QualityReport | None) -> str:

@@ -117,6 +117,15 @@ def test_rules_without_qt():
     ok, why = restorer_availability((ModelState("psfrgan", "restorer", "p", False, ModelStatus.CORRUPT),))
     assert not ok
     assert "damaged" in why
+    # the engine restores only with the parser's map: without the parser the toggle is off, and says why
+    restorer = ModelState("psfrgan", "restorer", "p", False, ModelStatus.UNVERIFIED)
+    for parser in ((), (ModelState("parsenet", "parser", "q", False, ModelStatus.MISSING),)):
+        ok, why = restorer_availability((restorer, *parser))
+        assert not ok
+        assert "parse_multi_iter_90000.pth" in why
+        assert "is not installed" in why
+    parser_ok = ModelState("parsenet", "parser", "q", False, ModelStatus.OK)
+    assert restorer_availability((restorer, parser_ok)) == (True, "")
     assert restore_suggestion(None) == ""
     assert restore_suggestion(QualityReport(ok=True, metrics={"quad_width": 500.0, "sharpness": 200.0})) == ""
     assert "small" in restore_suggestion(QualityReport(ok=False, metrics={"quad_width": 170.0, "sharpness": 200.0}))
