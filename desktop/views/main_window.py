@@ -112,6 +112,7 @@ class MainWindow(QMainWindow):
         # the restore panel's reason wraps to several lines: the splitter leaves it their height (the faces
         # beneath scroll), so it is never clipped
         self.restore_scroll = VerticalScroll(self.restore_panel, fit_height=RESTORE_FIT_HEIGHT)
+        self.restore_scroll.needs_height.connect(lambda extra: self._grow_left_card(2, extra))
         left.addWidget(self._card(self.restore_scroll))
         left.setStretchFactor(0, 5)
         left.setStretchFactor(1, 6)
@@ -144,6 +145,18 @@ class MainWindow(QMainWindow):
         self._connect()
         self.camera_panel.set_sources(list_sources(), str(settings.value("camera/source", "")))
         self._restore_layout()
+
+    def _grow_left_card(self, index: int, extra: int) -> None:
+        """Give a card of the left column `extra` px taken from the cards above it, down to their minimums
+        (the restored faces appear under the restore toggle); what does not fit scrolls."""
+        sizes = self._left.sizes()
+        for donor in range(index - 1, -1, -1):
+            spare = sizes[donor] - self._left.widget(donor).minimumSizeHint().height()
+            take = max(0, min(spare, extra))
+            sizes[donor] -= take
+            sizes[index] += take
+            extra -= take
+        self._left.setSizes(sizes)
 
     @staticmethod
     def _card(w: QWidget) -> QWidget:
@@ -233,15 +246,17 @@ class MainWindow(QMainWindow):
         sb = self.statusBar()
         self.status_device = QLabel("")
         self.status_memory = QLabel("")
-        self.status_timing = QLabel("")
-        self.status_state = ElidedLabel("Starting the engine…")  # a long message must not widen the window
-        self.status_models = QLabel("")
+        self.status_timing = ElidedLabel("", 80)
+        # long texts are cut ("…") rather than widen the window; the message keeps room to be read
+        self.status_state = ElidedLabel("Starting the engine…", 240)
+        self.status_models = ElidedLabel("", 80, auto_tooltip=False)  # its tooltip lists the missing files
         self.status_models.setObjectName("statusWarn")
         self.status_models.setToolTip("Models ▸ Models… says what is missing and how to get it")
         self.status_shown = QLabel("")
         self.status_shown.setToolTip("What the result area shows: a draft or the full render")
         for w in (self.status_shown, self.status_models, self.status_device, self.status_memory, self.status_timing):
-            w.setObjectName("statusField")
+            if not w.objectName():  # the models field keeps its warning colour
+                w.setObjectName("statusField")
             sb.addPermanentWidget(w)
         sb.addWidget(self.status_state, 1)
         self._memory_timer = QTimer(self)

@@ -220,6 +220,9 @@ class PoseEditor(QWidget):
         super().__init__(parent, Qt.WindowType.Tool)
         self.setWindowTitle("Pose editor — W+ Studio")
         self.setObjectName("poseEditor")
+        # its own window, but a child of a card: without its own styled background it would inherit the
+        # cards' "transparent" (resources/style.qss) and show whatever is behind it
+        self.setAttribute(Qt.WidgetAttribute.WA_StyledBackground, True)
         self.model = model
         self.result: np.ndarray | None = None
         self.photo: np.ndarray | None = None

@@ -54,6 +54,7 @@ class RestorePanel(QWidget):
         self.restored_view = ImageView("restored")
         for v, cap in ((self.aligned_view, "aligned"), (self.restored_view, "restored")):
             v.setMinimumSize(96, 96)
+            v.setMaximumHeight(128)  # a comparison, not the main view: it must fit a 900-px-high window
             v.set_caption(cap)
         faces = QHBoxLayout()
         faces.addWidget(self.aligned_view)

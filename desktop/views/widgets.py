@@ -266,7 +266,10 @@ class VerticalScroll(QScrollArea):
 
     With `fit_height`, its minimum height is the panel's height at the current width (at most `fit_height`
     px): a splitter then never squeezes the panel's wrapped text out of sight; only a taller panel scrolls.
+    When the panel grows taller than the view, `needs_height(extra_px)` asks the owner for more room.
     """
+
+    needs_height = Signal(int)
 
     def __init__(self, widget: QWidget, fit_height: int = 0, parent: QWidget | None = None) -> None:
         super().__init__(parent)
@@ -299,35 +302,35 @@ class VerticalScroll(QScrollArea):
         # the panel's texts or visible parts changed, or the width did: the height it needs changed
         if self._fit and watched is self.widget() and event.type() in (QEvent.Type.LayoutRequest, QEvent.Type.Resize):
             self.updateGeometry()
+            if event.type() == QEvent.Type.LayoutRequest and self.isVisible():
+                extra = self.content_height(self.viewport().width()) - self.viewport().height()
+                if extra > 0:
+                    self.needs_height.emit(extra)
         return super().eventFilter(watched, event)
 
 
 class ElidedLabel(QLabel):
-    """A one-line label that never widens its window: a text longer than the room ends in "…", and the
-    whole text is in the tooltip (the status bar's messages can be a long sentence)."""
+    """A one-line label that shrinks down to `min_width` (its window never widens for a long text): what
+    does not fit ends in "…". With `auto_tooltip`, the whole text is the tooltip while it is cut."""
 
-    def __init__(self, text: str = "", parent: QWidget | None = None) -> None:
+    def __init__(self, text: str = "", min_width: int = 60, *, auto_tooltip: bool = True,
+                 parent: QWidget | None = None) -> None:
         super().__init__(text, parent)
-        self.setSizePolicy(QSizePolicy.Policy.Ignored, QSizePolicy.Policy.Preferred)
-        self.setToolTip(text)
-
-    def setText(self, text: str) -> None:
-        super().setText(text)
-        self.setToolTip(text if self.fontMetrics().horizontalAdvance(text) > self.contentsRect().width() else "")
-
-    def resizeEvent(self, event) -> None:
-        super().resizeEvent(event)
-        self.setToolTip(self.text() if self.fontMetrics().horizontalAdvance(self.text()) > self.contentsRect().width()
-                        else "")
+        self._min_width = min_width
+        self._auto_tooltip = auto_tooltip
 
     def minimumSizeHint(self) -> QSize:
-        return QSize(0, super().minimumSizeHint().height())
+        hint = super().minimumSizeHint()
+        return QSize(min(hint.width(), self._min_width), hint.height())
 
     def elided_text(self) -> str:
         return self.fontMetrics().elidedText(self.text(), Qt.TextElideMode.ElideRight, self.contentsRect().width())
 
     def paintEvent(self, _event: QPaintEvent) -> None:
+        shown = self.elided_text()
+        if self._auto_tooltip:
+            self.setToolTip(self.text() if shown != self.text() else "")
         p = QPainter(self)
         p.setPen(self.palette().color(self.foregroundRole()))
-        p.drawText(self.contentsRect(), int(self.alignment()), self.elided_text())
+        p.drawText(self.contentsRect(), int(self.alignment()), shown)
         p.end()

@@ -48,8 +48,16 @@ def test_the_restore_reason_is_never_clipped(qtbot, make_app, size):
 @pytest.mark.parametrize("size", [(1024, 768), (1280, 800), (1440, 900)])
 def test_the_window_fits_and_panels_keep_their_parts_apart(qtbot, make_app, size):
     app = make_app(RestoringSession(restorer=False))
-    _settle(qtbot, app, size)
     w = app.window
+    # long status texts (a fallback warning, the timings of a render) are cut, they never widen the window
+    long = "⚠ Rendered on torch: the ONNX Runtime export has no LoRA set 'a:0.8' (python -m export onnx --lora a)."
+    app.studio.status_message.emit(long)
+    w._on_timings({"total": 12.5, "conditioning_s": 0.17, "denoise_s": 11.8, "decode_s": 0.5})
+    _settle(qtbot, app, size)
+    assert w.status_state.text() == long
+    assert w.status_state.width() >= 200
+    if w.status_state.elided_text() != long:
+        assert w.status_state.toolTip() == long
     assert w.minimumSizeHint().width() <= size[0]
     assert w.minimumSizeHint().height() <= size[1]
     ip = w.identity_panel
@@ -62,3 +70,33 @@ def test_the_window_fits_and_panels_keep_their_parts_apart(qtbot, make_app, size
     gp = w.generation_panel
     assert gp.generate.isVisible()
     assert gp.cancel.width() >= gp.cancel.minimumSizeHint().width()
+
+
+@pytest.mark.parametrize("size", [(1024, 768), (1280, 900)])
+def test_the_restored_faces_and_the_verdict_get_room_or_scroll(qtbot, make_app, size):
+    import numpy as np
+
+    app = make_app(RestoringSession(restorer=True))
+    w = app.window
+    _settle(qtbot, app, size)
+    panel = w.restore_panel
+    panel.toggle.setChecked(True)
+    img = np.zeros((480, 640, 3), np.uint8)
+    img[100:380, 220:420] = (220, 170, 140)
+    app.studio.capture(img, name="Ada")
+    qtbot.waitUntil(lambda: "restored vs" in panel.readout.text(), timeout=5000)
+    qtbot.wait(50)
+    ip = w.identity_panel
+    assert ip.height() >= ip.minimumSizeHint().height()  # the room came from spare space only
+    scroll = w.restore_scroll
+    if size[1] >= 900:  # a 900-px window shows the faces and the verdict at once
+        assert scroll.verticalScrollBar().maximum() == 0, (w._left.sizes(), [w._left.widget(i).minimumSizeHint() for i in range(3)], scroll.viewport().size(), panel.size(), scroll.content_height(scroll.viewport().width()))
+        for part in (panel.faces, panel.readout):
+            assert part.visibleRegion().boundingRect().height() == part.height(), type(part).__name__
+        assert panel.aligned_view.height() >= 96
+    # at any size the panel scrolls to the end of the verdict
+    scroll.ensureWidgetVisible(panel.readout, 0, 0)
+    qtbot.wait(20)
+    assert panel.readout.visibleRegion().boundingRect().height() == panel.readout.height()
+    bottom = panel.faces.mapTo(panel, panel.faces.rect().bottomLeft()).y()
+    assert scroll.verticalScrollBar().maximum() + scroll.viewport().height() >= bottom
