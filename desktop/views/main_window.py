@@ -250,6 +250,9 @@ class MainWindow(QMainWindow):
         # long texts are cut ("…") rather than widen the window; the message keeps room to be read
         self.status_state = ElidedLabel("Starting the engine…", 240)
         self.status_models = ElidedLabel("", 80, auto_tooltip=False)  # its tooltip lists the missing files
+        # the message comes first: the models summary and the timings give way to it
+        self.status_models.setMaximumWidth(260)
+        self.status_timing.setMaximumWidth(240)
         self.status_models.setObjectName("statusWarn")
         self.status_models.setToolTip("Models ▸ Models… says what is missing and how to get it")
         self.status_shown = QLabel("")

@@ -5,7 +5,7 @@ from __future__ import annotations
 from collections.abc import Callable
 
 import numpy as np
-from PySide6.QtCore import QEvent, QObject, QPointF, QRectF, QSize, Qt, Signal
+from PySide6.QtCore import QEvent, QObject, QRectF, QSize, Qt, Signal
 from PySide6.QtGui import QColor, QFont, QImage, QPainter, QPaintEvent
 from PySide6.QtWidgets import (
     QFrame,
@@ -76,8 +76,9 @@ class ImageView(QWidget):
             f = QFont(self.font())
             f.setPointSizeF(max(7.0, f.pointSizeF() - 1))
             p.setFont(f)
-            r = p.fontMetrics().boundingRect(self._caption).adjusted(-6, -3, 6, 3)
-            r.moveTopLeft(self.rect().topLeft() + QPointF(8, 8).toPoint())
+            fm = p.fontMetrics()
+            # the advance, not the ink's bounding box: that one can be narrower than the drawn text ("256²")
+            r = QRectF(8, 8, fm.horizontalAdvance(self._caption) + 12, fm.height() + 6).toRect()
             p.fillRect(r, QColor(0, 0, 0, 150))
             p.setPen(QColor("#e5e7eb"))
             p.drawText(r, Qt.AlignmentFlag.AlignCenter, self._caption)
