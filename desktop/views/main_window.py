@@ -44,7 +44,7 @@ log = logging.getLogger(__name__)
 
 # The restore card keeps room for its toggle and a four-line reason (1024 px wide windows); the aligned |
 # restored faces beneath scroll into view.
-RESTORE_FIT_HEIGHT = 110
+RESTORE_FIT_HEIGHT = 88
 
 
 @dataclass(frozen=True)

@@ -22,7 +22,7 @@ from PySide6.QtWidgets import (
 from desktop.imaging import rgb_to_pixmap
 from desktop.viewmodel.models import ModelsReport
 from desktop.viewmodel.studio import HistoryEntry
-from desktop.views.widgets import ImageView
+from desktop.views.widgets import ElidedLabel, ImageView
 from engine.api import Progress
 
 
@@ -105,15 +105,16 @@ class ResultView(QWidget):
         self.progress.setFixedHeight(6)
         self.progress.setRange(0, 100)
         self.progress.setValue(0)
-        self.step_label = QLabel("")
+        # the row's texts give way (cut with "…") rather than widen the window while a render reports
+        self.step_label = ElidedLabel("", 0)
         self.step_label.setObjectName("muted")
-        self.eta_label = QLabel("")
+        self.eta_label = ElidedLabel("", 0)
         self.eta_label.setObjectName("muted")
-        self.likeness_label = QLabel("")
+        self.likeness_label = ElidedLabel("", 0, auto_tooltip=False)
         self.likeness_label.setObjectName("likeness")
         self.likeness_label.setToolTip("Likeness to the identity (face-embedding distance; lower is closer)")
         # the shown result's warnings (e.g. "Rendered on torch: …"): stays with the result, also from the history
-        self.warning_label = QLabel("")
+        self.warning_label = ElidedLabel("", 0, auto_tooltip=False)  # its tooltip has the warnings
         self.warning_label.setObjectName("resultWarning")
         self.warning_label.setVisible(False)
         self.ab_button = QToolButton()
@@ -127,17 +128,21 @@ class ResultView(QWidget):
         self.save_all_button = QPushButton("Save all")
         self.save_all_button.setToolTip("Save every result of the history (Ctrl+Shift+S)")
         self.save_all_button.setEnabled(False)
+        # what the render reports, then the buttons: one line each, so neither squeezes the other out in a
+        # narrow window
         row = QHBoxLayout()
         row.addWidget(self.step_label)
+        row.addSpacing(8)
         row.addWidget(self.eta_label)
         row.addStretch(1)
         row.addWidget(self.warning_label)
         row.addSpacing(8)
         row.addWidget(self.likeness_label)
-        row.addSpacing(12)
-        row.addWidget(self.ab_button)
-        row.addWidget(self.save_button)
-        row.addWidget(self.save_all_button)
+        buttons = QHBoxLayout()
+        buttons.addStretch(1)
+        buttons.addWidget(self.ab_button)
+        buttons.addWidget(self.save_button)
+        buttons.addWidget(self.save_all_button)
         self.strip = QListWidget()
         self.strip.setObjectName("historyStrip")
         self.strip.setViewMode(QListWidget.ViewMode.IconMode)
@@ -154,6 +159,7 @@ class ResultView(QWidget):
         lay.addWidget(self.stack, 1)
         lay.addWidget(self.progress)
         lay.addLayout(row)
+        lay.addLayout(buttons)
         lay.addWidget(self.strip)
         self.strip.itemClicked.connect(lambda it: self.history_clicked.emit(self.strip.row(it)))
         self.save_button.clicked.connect(self.save_clicked)

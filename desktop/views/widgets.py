@@ -327,11 +327,20 @@ class ElidedLabel(QLabel):
     def elided_text(self) -> str:
         return self.fontMetrics().elidedText(self.text(), Qt.TextElideMode.ElideRight, self.contentsRect().width())
 
-    def paintEvent(self, _event: QPaintEvent) -> None:
-        shown = self.elided_text()
+    def setText(self, text: str) -> None:
+        super().setText(text)
+        self._update_tooltip()
+
+    def resizeEvent(self, event) -> None:
+        super().resizeEvent(event)
+        self._update_tooltip()
+
+    def _update_tooltip(self) -> None:
         if self._auto_tooltip:
-            self.setToolTip(self.text() if shown != self.text() else "")
+            self.setToolTip(self.text() if self.elided_text() != self.text() else "")
+
+    def paintEvent(self, _event: QPaintEvent) -> None:
         p = QPainter(self)
         p.setPen(self.palette().color(self.foregroundRole()))
-        p.drawText(self.contentsRect(), int(self.alignment()), shown)
+        p.drawText(self.contentsRect(), int(self.alignment()), self.elided_text())
         p.end()

@@ -9,8 +9,11 @@ from __future__ import annotations
 
 import pytest
 from PySide6.QtCore import QRect
+from PySide6.QtWidgets import QLabel
 
 from tests.qt.test_psfr_restore_panel import RestoringSession
+
+_SHOTS = __import__('pathlib').Path('/tmp/desk') if __import__('os').environ.get('DESK_SHOTS') else None
 
 
 def _settle(qtbot, app, size: tuple[int, int]) -> None:
@@ -88,6 +91,8 @@ def test_the_restored_faces_and_the_verdict_get_room_or_scroll(qtbot, make_app, 
     qtbot.wait(50)
     ip = w.identity_panel
     assert ip.height() >= ip.minimumSizeHint().height()  # the room came from spare space only
+    assert w.minimumSizeHint().height() <= size[1]  # the faces never make the window taller than the screen
+    assert w.minimumSizeHint().width() <= size[0]
     scroll = w.restore_scroll
     if size[1] >= 900:  # a 900-px window shows the faces and the verdict at once
         assert scroll.verticalScrollBar().maximum() == 0, (w._left.sizes(), [w._left.widget(i).minimumSizeHint() for i in range(3)], scroll.viewport().size(), panel.size(), scroll.content_height(scroll.viewport().width()))
@@ -100,3 +105,25 @@ def test_the_restored_faces_and_the_verdict_get_room_or_scroll(qtbot, make_app, 
     assert panel.readout.visibleRegion().boundingRect().height() == panel.readout.height()
     bottom = panel.faces.mapTo(panel, panel.faces.rect().bottomLeft()).y()
     assert scroll.verticalScrollBar().maximum() + scroll.viewport().height() >= bottom
+
+
+def test_a_render_s_reports_never_widen_a_1024_px_window(qtbot, make_app):
+    from engine.api import Progress
+
+    app = make_app(RestoringSession(restorer=False))
+    w = app.window
+    _settle(qtbot, app, (1024, 768))
+    rv = w.result_view
+    rv.set_progress(Progress("denoise", 27, 150, 61.0, None))
+    rv.set_likeness(0.4321)
+    rv.set_warnings(["Rendered on torch: the ONNX Runtime export has no FreeU variant.", "A second warning."])
+    w._on_timings({"total": 123.45, "conditioning_s": 1.25, "denoise_s": 120.0, "decode_s": 2.2})
+    app.studio.status_message.emit("Cancelled after step 27 of 150 (61.0 s). The previous result is still shown.")
+    qtbot.wait(50)
+    assert w.minimumSizeHint().width() <= 1024, ([w.splitter.widget(i).minimumSizeHint() for i in range(3)], w.statusBar().minimumSizeHint(), [(type(c).__name__, c.text()[:20], c.minimumSizeHint().width()) for c in w.statusBar().findChildren(QLabel)], rv.minimumSizeHint())
+    assert w.width() == 1024
+    w.grab().save(str(_SHOTS / "render_1024.png")) if _SHOTS else None
+    for label in (rv.step_label, rv.eta_label, rv.likeness_label, rv.warning_label):
+        assert label.isVisible()
+        if label.elided_text() != label.text():  # cut to fit: the whole text is a hover away
+            assert label.toolTip()
