@@ -26,8 +26,10 @@ from engine.api import ModelStatus, Progress
 from engine.config import EngineConfig
 from engine.errors import EngineError, ModelCorrupt, UnsafeCheckpoint
 from engine.models.convert import convert_to_safetensors
+from engine.models.converted import FOLDER_COMPONENTS, converted_copy, needs_conversion
 from engine.models.folder import QUARANTINE_DIR, quarantine
 from engine.models.manifest import Manifest, ModelEntry, load_manifest
+from engine.models.safe_load import PICKLE_SUFFIXES
 from engine.models.verify import HASHES_FILE, HashCache, check_models, structure_problem
 
 log = logging.getLogger(__name__)
@@ -205,7 +207,8 @@ class _Planner:
             elif entry.kind == "sd15":
                 for item in items:
                     in_sd15_dir = len(item.rel.parts) >= 2 and item.rel.parts[-2] == Path(entry.path).name
-                    single = item.name.lower().endswith(".safetensors") and (item.name in entry.aliases or in_sd15_dir)
+                    single = item.name.lower().endswith((".safetensors", ".ckpt")) and (
+                        item.name in entry.aliases or in_sd15_dir)
                     if not item.used and single:
                         sha = next((d.sha256 for d in entry.downloads if Path(d.rel_path).name == item.name), "")
                         self._add(entry, item, self.models_dir / entry.path / item.name, "name", sha)
@@ -464,7 +467,7 @@ def import_models(
                 rejected.append((plan.item.label, f"could not be copied: {exc.strerror or exc}"))
         cache.save()
         if convert:
-            converted, failures = _convert_imported(man, dest_root, cache, imported, progress)
+            converted, failures = _convert_imported(man, dest_root, cache, imported, progress, cache_dir)
             rejected += failures
         cache.save()
     finally:
@@ -477,7 +480,8 @@ def import_models(
 
 
 def _convert_imported(
-    man: Manifest, models_dir: Path, cache: HashCache, imported: list[ImportedFile], progress: ProgressFn
+    man: Manifest, models_dir: Path, cache: HashCache, imported: list[ImportedFile], progress: ProgressFn,
+    cache_dir: Path | None = None,
 ) -> tuple[list[tuple[str, Path]], list[tuple[str, str]]]:
     done: list[tuple[str, Path]] = []
     failed: list[tuple[str, str]] = []
@@ -512,4 +516,46 @@ def _convert_imported(
         done.append((entry.id, dst))
     for f in unsafe:
         imported.remove(f)
+    sd15_done, sd15_failed = _convert_sd15(man, models_dir, cache_dir, imported, progress)
+    return done + sd15_done, failed + sd15_failed
+
+
+def _convert_sd15(
+    man: Manifest, models_dir: Path, cache_dir: Path | None, imported: list[ImportedFile], progress: ProgressFn
+) -> tuple[list[tuple[str, Path]], list[tuple[str, str]]]:
+    """Convert imported SD1.5 `.ckpt` files and diffusers folders with pickled weights into `.converted/`
+    now (as the first load would), so no load ever unpickles them. An unsafe pickle is quarantined."""
+    done: list[tuple[str, Path]] = []
+    failed: list[tuple[str, str]] = []
+    entries = {e.id: e for e in man if e.kind in ("sd15", "diffusers")}
+    sources: dict[Path, ImportedFile] = {}
+    for f in imported:
+        entry = entries.get(f.entry_id)
+        if entry is None or f.dest.suffix.lower() not in PICKLE_SUFFIXES:
+            continue
+        home = models_dir / entry.path
+        if entry.kind == "sd15" and f.dest.parent == home:
+            sources.setdefault(f.dest, f)  # a single-file checkpoint
+        elif entry.kind == "sd15":
+            root = f.dest.parent.parent if f.dest.parent.name in FOLDER_COMPONENTS else f.dest.parent
+            sources.setdefault(root, f)  # a diffusers folder: converted as a whole
+        else:
+            sources.setdefault(home, f)
+    todo = [(src, f) for src, f in sources.items() if needs_conversion(src)]
+    for n, (src, f) in enumerate(todo):
+        if progress is not None:
+            progress(Progress(f"converting {src.name} to safetensors", n, len(todo)))
+        try:
+            out = converted_copy(src, models_dir, cache_dir, tensors_only=src.is_file())
+        except UnsafeCheckpoint as exc:
+            failed.append((f.source, f"refused for safety: {exc.user_message}"))
+            if src.is_file():
+                q = quarantine(src, models_dir, exc.user_message)
+                imported.remove(f)
+                failed[-1] = (f.source, f"refused for safety and moved to {q}: {exc.user_message}")
+            continue
+        except EngineError as exc:
+            failed.append((f.source, f"not converted to safetensors: {exc.user_message}"))
+            continue
+        done.append((f.entry_id, out))
     return done, failed
