@@ -11,7 +11,7 @@ First match wins:
 
 Nothing is created here. Relative paths are taken relative to the current directory. Also here: the
 folder's hidden subfolders (`.quarantine/` for refused files, `.converted/` for safetensors copies of
-pickles the user named outside the manifest).
+pickles that are not the manifest's own files, see `engine.models.converted`).
 """
 
 from __future__ import annotations

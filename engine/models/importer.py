@@ -3,8 +3,10 @@
 Files are recognised by their official names (and the aliases of the manifest), as diffusers folders
 (SD1.5 with model_index.json, the VAE by its folder name), or — when renamed — by sha256: the manifest's
 published hash, or a hash recorded earlier (in the target's or the source's .wplus-hashes.json). Each
-file is verified while it is copied; pickled checkpoints are then converted once to safetensors with
-`engine.models.convert.convert_to_safetensors` (weights_only load).
+file is verified while it is copied; pickled checkpoints are then converted once to safetensors
+(weights_only load): the manifest's files beside themselves (`engine.models.convert`), SD1.5 `.ckpt`
+files and diffusers folders of `.bin` weights into `.converted/` (`engine.models.converted`), as their
+first load would.
 """
 
 from __future__ import annotations
