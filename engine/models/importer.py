@@ -12,12 +12,10 @@ first load would.
 from __future__ import annotations
 
 import contextlib
-import hashlib
 import json
 import logging
 import os
 import shutil
-import time
 import zipfile
 from collections.abc import Callable
 from dataclasses import dataclass, field
@@ -32,12 +30,11 @@ from engine.models.converted import FOLDER_COMPONENTS, converted_copy, needs_con
 from engine.models.folder import QUARANTINE_DIR, quarantine
 from engine.models.manifest import Manifest, ModelEntry, load_manifest
 from engine.models.safe_load import PICKLE_SUFFIXES
-from engine.models.verify import HASHES_FILE, HashCache, check_models, structure_problem
+from engine.models.verify import HASHES_FILE, HashCache, check_models, sha256_stream, structure_problem
 
 log = logging.getLogger(__name__)
 
 ProgressFn = Callable[[Progress], None] | None
-_CHUNK = 4 << 20
 _SKIP_DIRS = {QUARANTINE_DIR, ".git", "__pycache__", "$RECYCLE.BIN", "System Volume Information"}
 
 
@@ -309,34 +306,15 @@ def _plausible(entry: ModelEntry, size: int) -> bool:
 
 
 def _hash_item(item: _Item, token: Any, progress: ProgressFn) -> str:
-    h = hashlib.sha256()
-    done, t0 = 0, time.monotonic()
     with item.open() as fh:
-        while chunk := fh.read(_CHUNK):
-            if token is not None:
-                token.raise_if_cancelled()
-            h.update(chunk)
-            done += len(chunk)
-            if progress is not None:
-                progress(Progress(f"identifying {item.name}", done, item.size, time.monotonic() - t0))
-    return h.hexdigest()
+        return sha256_stream(fh, item.size, f"identifying {item.name}", progress=progress, token=token)
 
 
 # -- placing ------------------------------------------------------------------------------------------
 
 
 def _copy_hashing(src: IO[bytes], dst: IO[bytes], size: int, label: str, token: Any, progress: ProgressFn) -> str:
-    h = hashlib.sha256()
-    done, t0 = 0, time.monotonic()
-    while chunk := src.read(_CHUNK):
-        if token is not None:
-            token.raise_if_cancelled()
-        h.update(chunk)
-        dst.write(chunk)
-        done += len(chunk)
-        if progress is not None:
-            progress(Progress(label, done, size, time.monotonic() - t0))
-    return h.hexdigest()
+    return sha256_stream(src, size, label, progress=progress, token=token, copy_to=dst)
 
 
 def _set_aside(path: Path, models_dir: Path) -> Path:

@@ -21,7 +21,7 @@ def small_chain():
     from engine.backends.torch_backend import module_runner
     from engine.faces.chain import FaceChain
     from engine.faces.parse import FaceParser
-    from tests.unit.small_faces import small_encoder, small_parsenet
+    from tests.small_faces import small_encoder, small_parsenet
 
     enc, net = small_encoder(), small_parsenet()
     return FaceChain(lambda: module_runner("face_encoder", enc), lambda: FaceParser(module_runner("face_parser", net)))

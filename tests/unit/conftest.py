@@ -4,12 +4,12 @@ from __future__ import annotations
 
 import pytest
 
-from tests.unit.small_faces import SmallEncoder, small_encoder, small_parsenet
+from tests.small_faces import SmallEncoder, small_encoder, small_parsenet
 
 
 @pytest.fixture(scope="module")
 def encoder() -> SmallEncoder:
-    """The small e4e stand-in (`tests.unit.small_faces.SmallEncoder`), one per test module."""
+    """The small e4e stand-in (`tests.small_faces.SmallEncoder`), one per test module."""
     return small_encoder()
 
 
