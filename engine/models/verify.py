@@ -322,7 +322,7 @@ def _check_sd15(entry: ModelEntry, config: EngineConfig, cache: HashCache, **kw:
     if not cands:
         where = override(config, "sd15") or (config.models_dir / entry.path)
         return str(where), ModelStatus.MISSING, (
-            f"no SD1.5 model in {where} (a diffusers folder with model_index.json, or a .safetensors file)"
+            f"no SD1.5 model in {where} (a diffusers folder with model_index.json, or a .safetensors or .ckpt file)"
         )
     chosen = cands[0]
     others = f" ({len(cands) - 1} other model(s) available)" if len(cands) > 1 else ""
