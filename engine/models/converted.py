@@ -98,14 +98,15 @@ def safetensors_name(pickle_name: str) -> str:
 
 
 def _mirrored_files(folder: Path) -> Iterator[Path]:
-    """The files of a diffusers folder that a converted copy is made from (and whose change makes it stale)."""
-    for f in sorted(folder.iterdir()):
-        if f.is_file():
-            yield f
-    for d in _component_dirs(folder) + [folder / x for x in FOLDER_EXTRAS]:
-        if d == folder or not d.is_dir():
-            continue
-        weights = loaded_weight_file(d)
+    """The files of a diffusers folder that a converted copy is made from (and whose change makes it stale):
+    each component's loaded weight file and every non-weight file (configs, tokenizer, scheduler, the
+    index). Other weights — a checkpoint beside the components, as in a cloned hub repository, fp16
+    twins, other formats — are left out."""
+    components = _component_dirs(folder)
+    extras = [folder / x for x in FOLDER_EXTRAS if (folder / x).is_dir()]
+    top = [] if components == [folder] else [folder]
+    for d in top + components + extras:
+        weights = loaded_weight_file(d) if d in components else None
         for f in sorted(d.iterdir()):
             if f.is_file() and (f == weights or f.suffix.lower() not in _WEIGHT_SUFFIXES):
                 yield f

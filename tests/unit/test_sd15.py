@@ -6,6 +6,7 @@ import json
 import os
 import shutil
 
+import numpy as np
 import pytest
 import torch
 from safetensors.torch import save_file
@@ -322,6 +323,7 @@ def test_diffusers_folder_of_bin_weights_is_converted_once_and_loads_bit_identic
     folder = _pickled_folder(tiny / "sd15", tmp_path / "work" / "old-sd15")
     (folder / "safety_checker").mkdir()
     (folder / "safety_checker" / "pytorch_model.bin").write_bytes(b"never read")
+    (folder / "v1-5-pruned-emaonly.ckpt").write_bytes(b"never read")  # beside the components, as in hub clones
     models = tmp_path / "models"
     models.mkdir()
     direct = load_sd15(folder)
@@ -333,6 +335,8 @@ def test_diffusers_folder_of_bin_weights_is_converted_once_and_loads_bit_identic
         "text_encoder/model.safetensors", "unet/diffusion_pytorch_model.safetensors",
         "vae/diffusion_pytorch_model.safetensors"]
     assert not list(out.rglob("*.bin"))
+    assert not list(out.rglob("*.ckpt"))
+    assert (out / "model_index.json").read_text() == (folder / "model_index.json").read_text()
     assert not (out / "safety_checker").exists()
     assert not list(folder.rglob("*.safetensors"))  # the user's folder is not written to
     no_unpickling()
@@ -351,3 +355,20 @@ def test_a_safetensors_folder_and_file_are_used_as_they_are(tiny, single_file, t
     assert _service(models, sd_model=str(tiny / "sd15")).runtime_path("sd15") == tiny / "sd15"
     assert _service(models, sd_model=str(single_file)).runtime_path("sd15") == single_file
     assert not (models / ".converted").exists()
+
+
+def test_a_session_pipeline_on_pickled_weights_reads_no_pickle_the_second_time(tiny, tmp_path, no_unpickling):
+    from engine.api import GenerateRequest
+    from engine.models.service import ModelService
+    from engine.pipeline.generate import WPlusPipeline
+    from engine.testing.tiny import tiny_config, tiny_wplus
+
+    root = tmp_path / "models"
+    _pickled_folder(tiny / "sd15", root / "sd15")
+    shutil.copy(tiny / "wplus_adapter.bin", root / "wplus_adapter.bin")
+    config = tiny_config(root)
+    request = GenerateRequest(prompt="a photo", wplus=tiny_wplus(), width=64, height=64, steps=2, seed=3)
+    first = WPlusPipeline.from_service(ModelService(config)).render(request)
+    no_unpickling()
+    second = WPlusPipeline.from_service(ModelService(config)).render(request)
+    assert np.array_equal(first.images[0], second.images[0])
