@@ -372,3 +372,17 @@ def test_a_session_pipeline_on_pickled_weights_reads_no_pickle_the_second_time(t
     no_unpickling()
     second = WPlusPipeline.from_service(ModelService(config)).render(request)
     assert np.array_equal(first.images[0], second.images[0])
+
+
+def test_a_folder_with_a_pickle_that_carries_code_is_refused_and_leaves_no_copy(tiny, tmp_path):
+    from engine.errors import UnsafeCheckpoint
+
+    folder = _pickled_folder(tiny / "sd15", tmp_path / "work" / "evil-sd15")
+    marker = tmp_path / "marker"
+    torch.save({"conv_in.weight": _Payload(str(marker))}, folder / "unet" / "diffusion_pytorch_model.bin")
+    models = tmp_path / "models"
+    models.mkdir()
+    with pytest.raises(UnsafeCheckpoint, match=r"diffusion_pytorch_model\.bin was refused for safety"):
+        _service(models, sd_model=str(folder)).runtime_path("sd15")
+    assert not marker.exists()
+    assert not any((models / ".converted").iterdir())  # the half-made copy was removed
