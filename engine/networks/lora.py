@@ -96,6 +96,10 @@ def lora_family(layers: Iterable[LoraLayer], keys: Iterable[str]) -> str:
     if any(k.startswith(("lora_te1_", "lora_te2_", "text_encoder_2.", "te1.", "te2.")) for k in keys):
         return "an SDXL LoRA"
     for layer in layers:
+        # SD1.5/2.x attention blocks hold one transformer block; SDXL's hold 2 or 10 (in LDM block names its
+        # input_blocks_4_1/7_1 otherwise pass for SD1.5's, at the same widths)
+        if layer.component == "unet" and re.search(r"transformer_blocks[._]([1-9]|\d\d)", layer.key):
+            return "an SDXL LoRA (several transformer blocks per attention)"
         width = layer.down.shape[1] if layer.down.ndim >= 2 else 0
         cross = layer.component == "unet" and re.search(r"attn2[._]to_[kv]$", layer.key)
         if cross and width == 2048:

@@ -144,6 +144,9 @@ def test_lora_with_layers_the_model_lacks_is_refused_with_the_count(pipe, tmp_pa
       "lora_unet_down_blocks_1_attentions_0_transformer_blocks_0_attn2_to_k.lora_up.weight": (640, 4)}, "SDXL"),
     ({"lora_unet_down_blocks_0_attentions_0_transformer_blocks_0_attn2_to_k.lora_down.weight": (4, 1024),
       "lora_unet_down_blocks_0_attentions_0_transformer_blocks_0_attn2_to_k.lora_up.weight": (320, 4)}, "SD 2.x"),
+    # an SDXL UNet-only LoRA in LDM names: 640 wide like SD1.5's input_blocks_4_1, but a second transformer block
+    ({"lora_unet_input_blocks_4_1_transformer_blocks_1_attn1_to_q.lora_down.weight": (4, 640),
+      "lora_unet_input_blocks_4_1_transformer_blocks_1_attn1_to_q.lora_up.weight": (640, 4)}, "SDXL"),
 ])
 def test_sdxl_and_sd2_loras_are_refused_by_name(tmp_path, keys, family):
     from safetensors.torch import save_file
