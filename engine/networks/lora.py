@@ -24,7 +24,7 @@ and restored exactly when the set changes.
 `fused=False` adds `up(down(x))` in forward hooks instead (PEFT's way); it exists for the bench
 (`bench/cpu.py` reports both) and gives the same images within float rounding.
 
-SD 2.x and SDXL LoRAs are refused by name; a file any of whose layers does not match the model is refused
+SD 2.x and SDXL LoRAs, DoRA and LyCORIS LoHa/LoKr files are refused by name; a file any of whose layers does not match the model is refused
 saying how many matched (applied in part it would not give its author's images).
 """
 
@@ -84,6 +84,11 @@ def file_short_hash(path: Path) -> str:
         for chunk in iter(lambda: fh.read(1 << 20), b""):
             h.update(chunk)
     return h.hexdigest()[:10]
+
+
+# LyCORIS / DoRA formats: tensors the low-rank product alone does not account for.
+_UNREAD_KINDS = {"DoRA (weight-decomposed LoRA)": (".dora_scale", ".lora_magnitude_vector"),
+                 "LyCORIS LoHa": (".hada_w1_a",), "LyCORIS LoKr": (".lokr_w1",)}
 
 
 def _refuse(path: Path, family: str) -> WrongModelFamily:
@@ -156,7 +161,7 @@ def read_lora(path: str | Path) -> LoraFile:
 
     Raises:
         ModelMissing: no such file.
-        WrongModelFamily: an SDXL / SD 2.x LoRA, or not a LoRA at all.
+        WrongModelFamily: an SDXL / SD 2.x LoRA, a DoRA / LoHa / LoKr file, or not a LoRA at all.
         ModelCorrupt, UnsafeCheckpoint: unreadable file.
     """
     from engine.models.safe_load import load_state
@@ -172,6 +177,11 @@ def read_lora(path: str | Path) -> LoraFile:
     family = lora_family(layers, state)
     if family != "sd15":
         raise _refuse(p, family)
+    kinds = sorted({kind for k in state for kind, marks in _UNREAD_KINDS.items() if any(m in k for m in marks)})
+    if kinds:
+        # read as a plain LoRA these would act without their extra factors: another image, silently
+        raise WrongModelFamily(f"{p.name} is a {' and '.join(kinds)} file, which W+ Studio does not read.",
+                               "Use a LoRA or LoCon file (kohya lora_down/lora_up, or diffusers/PEFT lora_A/lora_B).")
     if not layers:
         raise _refuse(p, "not a LoRA (no lora_down/lora_up or lora_A/lora_B pairs)")
     return LoraFile(p, tuple(layers), file_short_hash(p))

@@ -159,6 +159,24 @@ def test_sdxl_and_sd2_loras_are_refused_by_name(tmp_path, keys, family):
         read_lora(p)
 
 
+@pytest.mark.parametrize(("extra", "kind"), [
+    ({"lora_unet_down_blocks_0_attentions_0_proj_in.dora_scale": (1, 32)}, "DoRA"),
+    ({"lora_unet_down_blocks_0_attentions_0_proj_out.hada_w1_a": (32, 4)}, "LyCORIS LoHa"),
+])
+def test_dora_and_lycoris_files_are_refused_by_name(tmp_path, extra, kind):
+    """Read as plain LoRAs they would act without their extra factors (another image, silently)."""
+    from safetensors.torch import save_file
+
+    from engine.networks.lora import read_lora
+
+    base = "lora_unet_down_blocks_0_attentions_0_proj_in"
+    shapes = {f"{base}.lora_down.weight": (4, 32), f"{base}.lora_up.weight": (32, 4), **extra}
+    p = tmp_path / "decomposed.safetensors"
+    save_file({k: torch.zeros(s) for k, s in shapes.items()}, str(p))
+    with pytest.raises(WrongModelFamily, match=rf"decomposed\.safetensors is a {kind}"):
+        read_lora(p)
+
+
 def test_missing_lora_is_named(pipe, tmp_path):
     req = GenerateRequest(steps=1, loras=(LoraSpec(str(tmp_path / "gone.safetensors")),), **SMALL)
     with pytest.raises(ModelMissing, match=r"gone\.safetensors"):
