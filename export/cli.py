@@ -4,6 +4,7 @@
     python -m export verify --models-dir models [--onnx-dir models/onnx]
     python -m export trt    --onnx-dir models/onnx [--cache-dir …] [--precision fp16]
     python -m export check  --onnx-dir models/onnx
+    python -m export controls --models-dir models [--controlnet PATH]… [--control-unet] [--freeu] [--lora PATH[:W]]…
 
 Exit codes: 0 ok, 1 failure (an EngineError is printed without a traceback unless --debug), 2 usage.
 """
@@ -158,42 +159,58 @@ def cmd_trt(args: argparse.Namespace) -> int:
 
 
 def cmd_controls(args: argparse.Namespace) -> int:
-    """ControlNet graphs, the residual/FreeU UNet variants and LoRA-set exports (export/controls.py)."""
+    """ControlNet graphs, the residual/FreeU UNet variants and LoRA-set exports (export/controls.py).
+
+    Without --lora the variants go into the ONNX folder itself; with --lora they go, with the set's text
+    encoder and plain UNet, into its `loras/<key>/` folder. Every input is checked before the first export.
+    """
     from types import SimpleNamespace
 
     import torch
 
     from engine.cli.generate import parse_lora_arg
-    from engine.networks.controlnet import load_controlnet, residual_count
+    from engine.errors import InvalidInput, ModelMissing
+    from engine.networks.lora import read_lora
     from engine.networks.wplus import WPlusUNet
-    from export.controls import export_controlnet, export_lora_set, export_unet_variants
+    from export.controls import export_controlnet, export_lora_set, export_unet_variants, unet_residual_count
     from export.sources import ComponentLoader
 
+    if not (args.controlnet or args.control_unet or args.freeu or args.lora):
+        print(args.usage, end="", file=sys.stderr)
+        print("error: nothing to export: give --controlnet PATH, --control-unet, --freeu and/or --lora PATH",
+              file=sys.stderr)
+        return 2
+    controlnets = [Path(p).expanduser().absolute() for p in args.controlnet]
+    for p in controlnets:
+        if not p.exists():
+            raise ModelMissing(f"ControlNet not found: {p}.", "Check the --controlnet path (relative to the current folder).")
+    loras = [parse_lora_arg(item) for item in args.lora]
+    for spec in loras:
+        read_lora(spec.path)  # a missing file or another family's LoRA is refused by name, before any export
     config = _config(args)
     out = _onnx_dir(args, config)
     profile = _profile(args)
     dtype = torch.float16 if args.precision == "fp16" else torch.float32
-    n_down = None
-    for path in args.controlnet:
-        result = export_controlnet(Path(path).absolute(), out, profile=profile, precision=args.precision)
-        n_down = residual_count(load_controlnet(Path(path).absolute()))
-        print(f"controlnet {Path(path).name}: {result.path} ({result.seconds:.1f} s)")
-    if args.control_unet and n_down is None:
-        n_down = 12
     loader = ComponentLoader(config, dtype)
     unet = loader.load("unet")
-    loras = [parse_lora_arg(item) for item in args.lora]
+    n_down = unet_residual_count(unet.module)
+    control = n_down if (args.control_unet or controlnets) else None
     if loras:
         te = loader.load("text_encoder")
         folder = export_lora_set(SimpleNamespace(unet=unet.module, text_encoder=te.module), None, loras, out,
-                                 profile=profile, precision=args.precision,
-                                 control_residuals=n_down if (args.control_unet or args.controlnet) else None,
+                                 profile=profile, precision=args.precision, control_residuals=control,
                                  freeu=args.freeu, weights=unet.weights)
         print(f"LoRA set: {folder}")
-    elif n_down is not None or args.freeu:
+    for p in controlnets:
+        result = export_controlnet(p, out, profile=profile, precision=args.precision)
+        print(f"controlnet {p.name}: {result.path} ({result.seconds:.1f} s)")
+        if int(dict(result.info.extra)["n_down"]) != n_down:
+            raise InvalidInput(f"The ControlNet {p.name} gives {dict(result.info.extra)['n_down']} residuals; this "
+                               f"model's UNet takes {n_down}.", "Use a ControlNet made for this model (SD1.5).")
+    if not loras and (control is not None or args.freeu):
         for r in export_unet_variants(WPlusUNet(unet.module), out, profile=profile, precision=args.precision,
-                                      weights=unet.weights, control_residuals=n_down, freeu=args.freeu):
-            print(f"{r.info.component}: {r.path} ({r.seconds:.1f} s)")
+                                      weights=unet.weights, control_residuals=control, freeu=args.freeu):
+            print(f"{r.path.stem}: {r.path} ({r.seconds:.1f} s)")
     return 0
 
 
@@ -253,11 +270,13 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--onnx-dir", help="folder of the exports (default: <models>/onnx)")
     p.add_argument("--controlnet", action="append", default=[], metavar="PATH",
                    help="export this ControlNet (and the UNet that takes its residuals); repeatable")
-    p.add_argument("--control-unet", action="store_true", help="export the residual UNet (SD1.5: 12 residuals)")
+    p.add_argument("--control-unet", action="store_true",
+                   help="export the UNet that takes ControlNet residuals (implied by --controlnet)")
     p.add_argument("--lora", action="append", default=[], metavar="PATH[:WEIGHT[:TEXT_WEIGHT]]",
-                   help="a LoRA of the set to fuse into text encoder and UNet (repeatable: one set)")
+                   help="a LoRA of the set to fuse into text encoder and UNet (repeatable: one set); the UNet "
+                        "variants then go into the set's folder loras/<key>/")
     p.add_argument("--freeu", action="store_true", help="also the FreeU-flagged UNet variants (official factors)")
-    p.set_defaults(func=cmd_controls)
+    p.set_defaults(func=cmd_controls, usage=p.format_usage())
 
     p = sub.add_parser("check", help="list exports and whether they are damaged or stale")
     p.add_argument("--models-dir", help="models folder (for the default --onnx-dir)")

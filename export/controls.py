@@ -113,13 +113,23 @@ def controlnet_file_key(path: str | os.PathLike[str]) -> str:
     return WeightSource.of_file("controlnet", path).sha256[:16]
 
 
+def unet_residual_count(unet: nn.Module) -> int:
+    """How many down residuals a ControlNet of this UNet's architecture gives (12 for SD1.5): conv_in, then
+    one per down-block ResNet and one per downsampler."""
+    return 1 + sum(len(b.resnets) + (1 if getattr(b, "downsamplers", None) else 0) for b in unet.down_blocks)
+
+
 def export_controlnet(controlnet_path: str | os.PathLike[str], onnx_dir: str | os.PathLike[str], *,
                       profile: ShapeProfile, precision: str = "fp32") -> ExportResult:
-    """Export one ControlNet file (folder or A1111 single file) to `onnx_dir/controlnets/<sha16>.onnx`."""
+    """Export one ControlNet file (folder or A1111 single file) to `onnx_dir/controlnets/<sha16>.onnx`.
+
+    Raises:
+        ModelMissing, WrongModelFamily, ModelCorrupt: from `load_controlnet` (before anything is hashed).
+    """
     from engine.networks.controlnet import ControlNetResiduals, load_controlnet, residual_count
 
-    src = WeightSource.of_file("controlnet", controlnet_path)
     cn = load_controlnet(controlnet_path)
+    src = WeightSource.of_file("controlnet", controlnet_path)
     n = residual_count(cn)
     spec = controlnet_spec(n)
     ex = _example(profile)

@@ -59,7 +59,7 @@ class ComponentLoader:
         return self.models.runtime_path(role)
 
     def _optional_path(self, role: str) -> Any:
-        return self.models.find(role)
+        return self.models.optional_runtime_path(role)
 
     def _weights(self, role: str, path: Any) -> WeightSource:
         if role not in self._hashes:

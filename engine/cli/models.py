@@ -1,4 +1,4 @@
-"""`wplus models list|verify|fetch|import|convert`: what the models folder holds, and how to fill it.
+"""`wplus models list|verify|fetch|import|convert|clean`: what the models folder holds, how to fill and tidy it.
 
 Exit codes: 0 done; 1 a model is missing/damaged or an operation failed (the message says what to do);
 2 usage errors (argparse).
@@ -249,6 +249,27 @@ def cmd_convert(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_clean(args: argparse.Namespace) -> int:
+    from engine.models.converted import clean_converted, store_roots
+
+    _manifest, config, _why = _context(args)
+    roots = store_roots(config.models_dir, config.cache_dir)
+    removed = clean_converted(config.models_dir, config.cache_dir, everything=args.all, dry_run=args.dry_run)
+    verb = "would remove" if args.dry_run else "removed"
+    print(f"models folder: {config.models_dir}")
+    for c in removed:
+        why = "--all" if c.state == "current" else c.state
+        print(f"{verb}: {c.path} ({_size(c.size)}; {why}{': ' + c.source if c.source else ''})")
+    freed = sum(c.size for c in removed)
+    if not roots:
+        print("no converted copies (nothing in .converted/)")
+    else:
+        kept = "" if args.all else " (copies whose source is unchanged are kept; --all removes them too)"
+        print(f"{verb} {len(removed)} converted cop{'y' if len(removed) == 1 else 'ies'}, "
+              f"{_size(freed)} ({freed:,} bytes) {'would be ' if args.dry_run else ''}freed{kept}")
+    return 0
+
+
 def register(subparsers: argparse._SubParsersAction) -> None:
     """Add `models` with its subcommands to the `wplus` parser."""
     p = subparsers.add_parser(
@@ -289,3 +310,15 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     s.add_argument("src", metavar="SRC", help="the pickled checkpoint (loaded with weights_only)")
     s.add_argument("-o", "--output", metavar="DST", help="output .safetensors (default: beside SRC)")
     s.set_defaults(func=cmd_convert)
+
+    s = sub.add_parser(
+        "clean", help="remove converted copies (.converted/) whose source is gone or changed",
+        description="Pickled checkpoints that are not the manifest's own files (an SD1.5 .ckpt, a diffusers "
+        "folder of .bin weights, a file given with --e4e/--parser/…) are converted once into "
+        "<models>/.converted/. This removes the copies whose source file was deleted or changed (and copies "
+        "whose source is not recorded); nothing outside .converted/ is touched. Copies are made again "
+        "when needed.",
+    )
+    s.add_argument("--all", action="store_true", help="remove every converted copy (rebuilt on demand)")
+    s.add_argument("--dry-run", action="store_true", help="only say what would be removed")
+    s.set_defaults(func=cmd_clean)

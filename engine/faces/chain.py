@@ -2,7 +2,8 @@
 
 `FaceChain` owns the detector and loads the e4e encoder and the face parser once (through the
 session's model service). Without the parser file the chain still runs, without whitening, and says so in
-`Identity.info["warnings"]` and the log; without e4e it raises ModelMissing with a hint.
+`Identity.info["warnings"]` and the log; without e4e it raises ModelMissing with a hint, unless e4e
+runs from its export (ONNX Runtime, TensorRT), which needs no checkpoint.
 """
 
 from __future__ import annotations
@@ -51,6 +52,13 @@ def _open_face_runners(models: ModelService, *, with_parser: bool) -> tuple[Any,
     if choice.fallback_reasons:
         log.info("face chain backend: %s", choice.message)  # shown once through Identity warnings
     return runners, choice
+
+
+def _export_path(models: ModelService, component: str) -> Path:
+    from engine.backends.base import onnx_file_name
+    from engine.backends.select import onnx_dir_for
+
+    return onnx_dir_for(models.config) / onnx_file_name(component)
 
 
 @dataclass(frozen=True)
@@ -105,14 +113,27 @@ class FaceChain:
     def from_service(cls, models: ModelService) -> FaceChain:
         """The chain of a configuration: e4e and the parser located and loaded through the model service.
 
-        The files are found now (a missing e4e fails here); they are converted and loaded on first use.
+        The files are found now; they are converted and loaded on first use. On an exported backend
+        (ONNX Runtime, TensorRT) whose `face_encoder` export opened — its export record checked against
+        the weights it was made from, when that file is still at its recorded path — the e4e checkpoint
+        is not needed: the export carries the whole encoder, `latent_avg` included.
 
         Raises:
-            ModelMissing: no e4e checkpoint (the message names where it was expected).
+            ModelMissing: the chain runs on torch (asked for, or fallen back to) and there is no e4e
+                checkpoint, or a path given for it does not exist (the message names where it was expected).
         """
-        e4e_path = models.locate("e4e")
+        # a path the user gave must exist whatever the backend; the models folder's file may be absent
+        e4e_path = models.locate("e4e") if models.config.e4e else models.find("e4e")
         parser_path = models.find("parser")
         runners, choice = _open_face_runners(models, with_parser=parser_path is not None)
+        if e4e_path is None and choice.backend == "torch":
+            try:
+                models.locate("e4e")
+            except ModelMissing as exc:
+                if not choice.fallback_reasons:
+                    raise
+                raise ModelMissing(exc.user_message, f"{exc.hint} ({choice.message})") from None
+        e4e_shown = e4e_path if e4e_path is not None else _export_path(models, "face_encoder")
 
         parser_loader = None
         if parser_path is not None or "face_parser" in runners.available():
@@ -131,7 +152,7 @@ class FaceChain:
         chain = cls(
             lambda: runners.get("face_encoder"),
             parser_loader,
-            e4e_path=str(e4e_path),
+            e4e_path=str(e4e_shown),
             parser_path=str(parser_path or ""),
             restorer_loader=restorer_loader,
         )

@@ -22,6 +22,7 @@ Parts, lowest first (none imports torch at module level):
 * `safe_load` — the one safetensors header parser, weights-only pickles, layout checks;
 * `locate`    — a role → a file: a path the user gave, else the manifest's file in the models folder;
 * `convert`   — pickle → safetensors, once;
+* `converted` — the `.converted/` store (pickles that are not the manifest's own files), and its cleaning;
 * `verify`    — sizes, structure and sha256 with a hash cache; `check_models` for `wplus models`;
 * `fetch`, `importer` — filling the folder (download; copy from a folder, drive or .zip);
 * `service`   — `ModelService`, built on the above.

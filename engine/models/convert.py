@@ -16,7 +16,7 @@ from __future__ import annotations
 
 import json
 import os
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, BinaryIO
 
@@ -73,7 +73,9 @@ def _write_safetensors(fh: BinaryIO, tensors: Mapping[str, torch.Tensor], metada
             fh.write(t.view(torch.uint8).numpy().data)
 
 
-def _flatten_for_safetensors(obj: Mapping[str, Any], src: Path) -> tuple[dict[str, torch.Tensor], dict[str, str]]:
+def _flatten_for_safetensors(
+    obj: Mapping[str, Any], src: Path, tensors_only: bool = False
+) -> tuple[dict[str, torch.Tensor], dict[str, str]]:
     import torch
 
     if "state_dict" in obj and "latent_avg" in obj:
@@ -91,10 +93,19 @@ def _flatten_for_safetensors(obj: Mapping[str, Any], src: Path) -> tuple[dict[st
         return flat, {LAYOUT_KEY: LAYOUT_ADAPTER}
     # a wrapped state dict ({'state_dict': ..., 'global_step': ...}, Lightning style) keeps only the weights
     inner = obj["state_dict"] if isinstance(obj.get("state_dict"), Mapping) else obj
+    if tensors_only:
+        inner = {k: v for k, v in inner.items() if isinstance(v, torch.Tensor)}
     return as_tensor_dict(inner, src, "state_dict"), {LAYOUT_KEY: LAYOUT_STATE_DICT}
 
 
-def convert_to_safetensors(src: str | os.PathLike[str], dst: str | os.PathLike[str]) -> Path:
+def convert_to_safetensors(
+    src: str | os.PathLike[str],
+    dst: str | os.PathLike[str],
+    *,
+    check: Callable[[Mapping[str, torch.Tensor]], None] | None = None,
+    tensors_only: bool = False,
+    metadata: Mapping[str, str] | None = None,
+) -> Path:
     """Convert an official pickled checkpoint to safetensors so later loads need no pickle.
 
     Handles the e4e layout (flattened to `encoder.*`, `decoder.*`, `latent_avg`, opts as JSON metadata),
@@ -104,6 +115,10 @@ def convert_to_safetensors(src: str | os.PathLike[str], dst: str | os.PathLike[s
     Args:
         src: the pickled file (read with `weights_only=True`).
         dst: the `.safetensors` file to write (replaced if present).
+        check: called with the tensors to write before anything is written (raise to refuse).
+        tensors_only: a plain or wrapped state dict keeps only its tensors (an SD1.5 `.ckpt` may carry
+            other entries, which its loader ignores as well); otherwise a non-tensor entry is refused.
+        metadata: extra metadata entries (e.g. `format: pt`, which transformers requires).
 
     Returns:
         `dst` as a Path.
@@ -121,6 +136,9 @@ def convert_to_safetensors(src: str | os.PathLike[str], dst: str | os.PathLike[s
     if src_p.suffix.lower() == SAFETENSORS_SUFFIX:
         flat, meta = obj, metadata  # already safe: a plain (re)write
     else:
-        flat, meta = _flatten_for_safetensors(obj, src_p)
+        flat, meta = _flatten_for_safetensors(obj, src_p, tensors_only)
+    if check is not None:
+        check(flat)
+    meta = {**meta, **(metadata or {})}
     atomic_write_with(dst_p, lambda fh: _write_safetensors(fh, flat, meta))
     return dst_p

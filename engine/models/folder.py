@@ -11,7 +11,7 @@ First match wins:
 
 Nothing is created here. Relative paths are taken relative to the current directory. Also here: the
 folder's hidden subfolders (`.quarantine/` for refused files, `.converted/` for safetensors copies of
-pickles the user named outside the manifest).
+pickles that are not the manifest's own files, see `engine.models.converted`).
 """
 
 from __future__ import annotations
@@ -110,7 +110,12 @@ def writable_subdir(models_dir: Path, name: str, cache_dir: Path | None = None) 
         return models_dir / name
     if models_dir.is_dir() and os.access(models_dir, os.W_OK):
         return models_dir / name
-    tag = hashlib.sha1(str(models_dir.resolve()).encode()).hexdigest()[:12]
+    return fallback_subdir(models_dir, name, cache_dir)
+
+
+def fallback_subdir(models_dir: Path, name: str, cache_dir: Path | None = None) -> Path:
+    """The user-cache folder `writable_subdir` uses for `<models>/<name>` when the models folder is read-only."""
+    tag = hashlib.sha1(str(Path(models_dir).resolve()).encode()).hexdigest()[:12]
     return (cache_dir or user_cache_dir()) / f"{name.lstrip('.')}-{tag}"
 
 

@@ -3,19 +3,19 @@
 Files are recognised by their official names (and the aliases of the manifest), as diffusers folders
 (SD1.5 with model_index.json, the VAE by its folder name), or — when renamed — by sha256: the manifest's
 published hash, or a hash recorded earlier (in the target's or the source's .wplus-hashes.json). Each
-file is verified while it is copied; pickled checkpoints are then converted once to safetensors with
-`engine.models.convert.convert_to_safetensors` (weights_only load).
+file is verified while it is copied; pickled checkpoints are then converted once to safetensors
+(weights_only load): the manifest's files beside themselves (`engine.models.convert`), SD1.5 `.ckpt`
+files and diffusers folders of `.bin` weights into `.converted/` (`engine.models.converted`), as their
+first load would.
 """
 
 from __future__ import annotations
 
 import contextlib
-import hashlib
 import json
 import logging
 import os
 import shutil
-import time
 import zipfile
 from collections.abc import Callable
 from dataclasses import dataclass, field
@@ -26,14 +26,15 @@ from engine.api import ModelStatus, Progress
 from engine.config import EngineConfig
 from engine.errors import EngineError, ModelCorrupt, UnsafeCheckpoint
 from engine.models.convert import convert_to_safetensors
+from engine.models.converted import FOLDER_COMPONENTS, converted_copy, needs_conversion
 from engine.models.folder import QUARANTINE_DIR, quarantine
 from engine.models.manifest import Manifest, ModelEntry, load_manifest
-from engine.models.verify import HASHES_FILE, HashCache, check_models, structure_problem
+from engine.models.safe_load import PICKLE_SUFFIXES
+from engine.models.verify import HASHES_FILE, HashCache, check_models, sha256_stream, structure_problem
 
 log = logging.getLogger(__name__)
 
 ProgressFn = Callable[[Progress], None] | None
-_CHUNK = 4 << 20
 _SKIP_DIRS = {QUARANTINE_DIR, ".git", "__pycache__", "$RECYCLE.BIN", "System Volume Information"}
 
 
@@ -205,7 +206,8 @@ class _Planner:
             elif entry.kind == "sd15":
                 for item in items:
                     in_sd15_dir = len(item.rel.parts) >= 2 and item.rel.parts[-2] == Path(entry.path).name
-                    single = item.name.lower().endswith(".safetensors") and (item.name in entry.aliases or in_sd15_dir)
+                    single = item.name.lower().endswith((".safetensors", ".ckpt")) and (
+                        item.name in entry.aliases or in_sd15_dir)
                     if not item.used and single:
                         sha = next((d.sha256 for d in entry.downloads if Path(d.rel_path).name == item.name), "")
                         self._add(entry, item, self.models_dir / entry.path / item.name, "name", sha)
@@ -304,34 +306,15 @@ def _plausible(entry: ModelEntry, size: int) -> bool:
 
 
 def _hash_item(item: _Item, token: Any, progress: ProgressFn) -> str:
-    h = hashlib.sha256()
-    done, t0 = 0, time.monotonic()
     with item.open() as fh:
-        while chunk := fh.read(_CHUNK):
-            if token is not None:
-                token.raise_if_cancelled()
-            h.update(chunk)
-            done += len(chunk)
-            if progress is not None:
-                progress(Progress(f"identifying {item.name}", done, item.size, time.monotonic() - t0))
-    return h.hexdigest()
+        return sha256_stream(fh, item.size, f"identifying {item.name}", progress=progress, token=token)
 
 
 # -- placing ------------------------------------------------------------------------------------------
 
 
 def _copy_hashing(src: IO[bytes], dst: IO[bytes], size: int, label: str, token: Any, progress: ProgressFn) -> str:
-    h = hashlib.sha256()
-    done, t0 = 0, time.monotonic()
-    while chunk := src.read(_CHUNK):
-        if token is not None:
-            token.raise_if_cancelled()
-        h.update(chunk)
-        dst.write(chunk)
-        done += len(chunk)
-        if progress is not None:
-            progress(Progress(label, done, size, time.monotonic() - t0))
-    return h.hexdigest()
+    return sha256_stream(src, size, label, progress=progress, token=token, copy_to=dst)
 
 
 def _set_aside(path: Path, models_dir: Path) -> Path:
@@ -464,7 +447,7 @@ def import_models(
                 rejected.append((plan.item.label, f"could not be copied: {exc.strerror or exc}"))
         cache.save()
         if convert:
-            converted, failures = _convert_imported(man, dest_root, cache, imported, progress)
+            converted, failures = _convert_imported(man, dest_root, cache, imported, progress, cache_dir)
             rejected += failures
         cache.save()
     finally:
@@ -477,7 +460,8 @@ def import_models(
 
 
 def _convert_imported(
-    man: Manifest, models_dir: Path, cache: HashCache, imported: list[ImportedFile], progress: ProgressFn
+    man: Manifest, models_dir: Path, cache: HashCache, imported: list[ImportedFile], progress: ProgressFn,
+    cache_dir: Path | None = None,
 ) -> tuple[list[tuple[str, Path]], list[tuple[str, str]]]:
     done: list[tuple[str, Path]] = []
     failed: list[tuple[str, str]] = []
@@ -512,4 +496,46 @@ def _convert_imported(
         done.append((entry.id, dst))
     for f in unsafe:
         imported.remove(f)
+    sd15_done, sd15_failed = _convert_sd15(man, models_dir, cache_dir, imported, progress)
+    return done + sd15_done, failed + sd15_failed
+
+
+def _convert_sd15(
+    man: Manifest, models_dir: Path, cache_dir: Path | None, imported: list[ImportedFile], progress: ProgressFn
+) -> tuple[list[tuple[str, Path]], list[tuple[str, str]]]:
+    """Convert imported SD1.5 `.ckpt` files and diffusers folders with pickled weights into `.converted/`
+    now (as the first load would), so no load ever unpickles them. An unsafe pickle is quarantined."""
+    done: list[tuple[str, Path]] = []
+    failed: list[tuple[str, str]] = []
+    entries = {e.id: e for e in man if e.kind in ("sd15", "diffusers")}
+    sources: dict[Path, ImportedFile] = {}
+    for f in imported:
+        entry = entries.get(f.entry_id)
+        if entry is None or f.dest.suffix.lower() not in PICKLE_SUFFIXES:
+            continue
+        home = models_dir / entry.path
+        if entry.kind == "sd15" and f.dest.parent == home:
+            sources.setdefault(f.dest, f)  # a single-file checkpoint
+        elif entry.kind == "sd15":
+            root = f.dest.parent.parent if f.dest.parent.name in FOLDER_COMPONENTS else f.dest.parent
+            sources.setdefault(root, f)  # a diffusers folder: converted as a whole
+        else:
+            sources.setdefault(home, f)
+    todo = [(src, f) for src, f in sources.items() if needs_conversion(src)]
+    for n, (src, f) in enumerate(todo):
+        if progress is not None:
+            progress(Progress(f"converting {src.name} to safetensors", n, len(todo)))
+        try:
+            out = converted_copy(src, models_dir, cache_dir, tensors_only=src.is_file())
+        except UnsafeCheckpoint as exc:
+            failed.append((f.source, f"refused for safety: {exc.user_message}"))
+            if src.is_file():
+                q = quarantine(src, models_dir, exc.user_message)
+                imported.remove(f)
+                failed[-1] = (f.source, f"refused for safety and moved to {q}: {exc.user_message}")
+            continue
+        except EngineError as exc:
+            failed.append((f.source, f"not converted to safetensors: {exc.user_message}"))
+            continue
+        done.append((f.entry_id, out))
     return done, failed

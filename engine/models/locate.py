@@ -91,7 +91,8 @@ def weights_in(folder: Path) -> Path | None:
 
 def sd15_candidates(config: EngineConfig, entry: ModelEntry | None = None) -> tuple[Path, ...]:
     """Every SD1.5 model found: the configured one alone if set; else in models/sd15/ a diffusers
-    folder (model_index.json in sd15/ itself or in a subfolder), then single *.safetensors files by name.
+    folder (model_index.json in sd15/ itself or in a subfolder), then single *.safetensors files by name,
+    then *.ckpt files without a .safetensors twin.
     """
     given = override(config, "sd15", entry)
     if given is not None:
@@ -105,6 +106,8 @@ def sd15_candidates(config: EngineConfig, entry: ModelEntry | None = None) -> tu
     subdirs = sorted(p for p in folder.iterdir() if p.is_dir() and not p.name.startswith("."))
     found += [d for d in subdirs if is_diffusers_sd15(d)]
     found += sorted(p for p in folder.glob("*.safetensors") if p.is_file())
+    # a pickled checkpoint is converted on first use (ModelService.runtime_path); a safetensors twin wins
+    found += sorted(p for p in folder.glob("*.ckpt") if p.is_file() and not p.with_suffix(".safetensors").is_file())
     return tuple(found)
 
 

@@ -8,7 +8,6 @@ the composed objects built on top (the pipeline, the face chain) so a whole sess
 
 from __future__ import annotations
 
-import hashlib
 import threading
 from collections.abc import Callable, Hashable, Mapping
 from dataclasses import dataclass
@@ -17,10 +16,8 @@ from typing import TYPE_CHECKING, Any
 
 from engine.config import EngineConfig
 from engine.errors import BackendUnavailable
-from engine.models.folder import CONVERTED_DIR, writable_subdir
 from engine.models.locate import find_model, missing, override
 from engine.models.manifest import Manifest, load_manifest
-from engine.models.safe_load import PICKLE_SUFFIXES
 
 if TYPE_CHECKING:
     import torch
@@ -104,42 +101,57 @@ class ModelService:
         """The path a loader should open for `role`: a pickled checkpoint is converted to safetensors
         once (weights_only) and the copy is returned from then on.
 
-        The manifest's files are converted beside them (`entry.converted`); a pickle the user named
-        elsewhere is converted into the models folder's `.converted/TAG/NAME.safetensors` (or the user
-        cache dir when that folder cannot be written), where TAG hashes the file's path, size and mtime,
-        so a changed file is converted again.
+        The manifest's files are converted beside them (`entry.converted`). Anything else that would be
+        unpickled — a pickle the user named elsewhere, an SD1.5 single-file `.ckpt`, a separate VAE
+        `.pt`, a diffusers folder whose weights are `.bin` — is converted into the models folder's
+        `.converted/TAG/` (or the user cache dir when that folder cannot be written), where TAG hashes
+        the source's path, size and mtime, so a changed source is converted again
+        (`engine.models.converted`; `wplus models clean` removes copies nothing needs).
 
         Raises:
             ModelMissing: nothing found. ModelCorrupt, UnsafeCheckpoint: the pickle cannot be converted.
+            WrongModelFamily: an SD1.5 `.ckpt` of another family (refused before anything is written).
         """
-        found = self.locate(role)
-        if not found.is_file() or found.suffix.lower() not in PICKLE_SUFFIXES:
+        return self._runtime(role, self.locate(role))
+
+    def optional_runtime_path(self, role: str) -> Path | None:
+        """`runtime_path` of an optional role (the separate VAE), or None when it is absent."""
+        found = self.find(role)
+        return None if found is None else self._runtime(role, found)
+
+    def _runtime(self, role: str, found: Path) -> Path:
+        from engine.models.converted import converted_copy, needs_conversion
+
+        if not needs_conversion(found):
             return found
         entry = self.manifest.by_role(role)
-        if entry is None or entry.kind != "file" or not entry.converted:
-            return found  # SD1.5 single-file .ckpt and others: loaded by their own weights-only loaders
-        in_folder = override(self.config, role, entry) is None
-        if in_folder:
+        if entry is not None and entry.kind == "file" and entry.converted and override(self.config, role, entry) is None:
             dst = self.config.models_dir / entry.converted
-        else:
-            st = found.stat()
-            tag = hashlib.sha1(f"{found.resolve()}|{st.st_size}|{st.st_mtime_ns}".encode()).hexdigest()[:12]
-            folder = writable_subdir(self.config.models_dir, CONVERTED_DIR, self.config.cache_dir)
-            dst = folder / tag / f"{found.stem}.safetensors"
-        with self._lock:
-            if not dst.is_file():
-                self._convert(found, dst, record=in_folder)
-        return dst
+            with self._lock:
+                if not dst.is_file():
+                    self._convert(found, dst)
+            return dst
+        check = None
+        if role == "sd15" and found.is_file():
+            from engine.networks.sd15 import check_single_file
 
-    def _convert(self, src: Path, dst: Path, *, record: bool) -> None:
+            def check(state: Mapping[str, Any]) -> None:
+                check_single_file(state, found)
+
+        with self._lock:
+            # SD1.5 and VAE files may be Lightning checkpoints with other entries; their loaders use the tensors only
+            return converted_copy(found, self.config.models_dir, self.config.cache_dir, check=check,
+                                  tensors_only=role in ("sd15", "vae"))
+
+    def _convert(self, src: Path, dst: Path) -> None:
         from engine.models.convert import convert_to_safetensors
         from engine.models.verify import HashCache
 
         convert_to_safetensors(src, dst)
-        if record:  # the converted copy has no published hash: `wplus models verify` checks it against this
-            cache = HashCache(self.config.models_dir, self.config.cache_dir)
-            cache.record(dst, cache.sha256(dst), "convert")
-            cache.save()
+        # the converted copy has no published hash: `wplus models verify` checks it against this
+        cache = HashCache(self.config.models_dir, self.config.cache_dir)
+        cache.record(dst, cache.sha256(dst), "convert")
+        cache.save()
 
     # -- loading ----------------------------------------------------------------------------------
     def load(self, component: str, *, backend: str = "torch", device: str | None = None,

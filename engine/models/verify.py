@@ -19,7 +19,7 @@ import os
 import zipfile
 from collections.abc import Callable, Iterable
 from pathlib import Path
-from typing import Any
+from typing import IO, Any
 
 from engine.api import ModelState, ModelStatus, Progress
 from engine.config import EngineConfig
@@ -52,22 +52,32 @@ def sha256_file(
     path: str | os.PathLike[str], *, progress: ProgressFn = None, token: Any = None, stage: str = ""
 ) -> str:
     """Streamed sha256 of a file (hex), with progress in bytes and cancellation between chunks."""
+    p = Path(path)
+    with open(p, "rb") as fh:
+        return sha256_stream(fh, p.stat().st_size, stage or f"checking {p.name}", progress=progress, token=token)
+
+
+def sha256_stream(
+    src: IO[bytes], total: int, label: str, *, progress: ProgressFn = None, token: Any = None,
+    copy_to: IO[bytes] | None = None,
+) -> str:
+    """Streamed sha256 of what `src` holds (hex), optionally copying it to `copy_to` on the way.
+
+    Progress is reported in bytes under `label`; the token is checked between chunks.
+    """
     import time
 
-    p = Path(path)
-    total = p.stat().st_size
     h = hashlib.sha256()
-    done = 0
-    t0 = time.monotonic()
-    label = stage or f"checking {p.name}"
-    with open(p, "rb") as fh:
-        while chunk := fh.read(_CHUNK):
-            if token is not None:
-                token.raise_if_cancelled()
-            h.update(chunk)
-            done += len(chunk)
-            if progress is not None:
-                progress(Progress(label, done, total, time.monotonic() - t0))
+    done, t0 = 0, time.monotonic()
+    while chunk := src.read(_CHUNK):
+        if token is not None:
+            token.raise_if_cancelled()
+        h.update(chunk)
+        if copy_to is not None:
+            copy_to.write(chunk)
+        done += len(chunk)
+        if progress is not None:
+            progress(Progress(label, done, total, time.monotonic() - t0))
     return h.hexdigest()
 
 
@@ -312,7 +322,7 @@ def _check_sd15(entry: ModelEntry, config: EngineConfig, cache: HashCache, **kw:
     if not cands:
         where = override(config, "sd15") or (config.models_dir / entry.path)
         return str(where), ModelStatus.MISSING, (
-            f"no SD1.5 model in {where} (a diffusers folder with model_index.json, or a .safetensors file)"
+            f"no SD1.5 model in {where} (a diffusers folder with model_index.json, or a .safetensors or .ckpt file)"
         )
     chosen = cands[0]
     others = f" ({len(cands) - 1} other model(s) available)" if len(cands) > 1 else ""

@@ -270,28 +270,39 @@ def load_tokenizer(folder: Path | None = None) -> Any:
         raise ModelCorrupt(f"The CLIP tokenizer in {folder} cannot be read ({exc}).", "Reinstall the application.") from exc
 
 
+def check_single_file(state: Mapping[str, Any], path: Path) -> None:
+    """Refuse a single-file checkpoint's tensors unless they are SD1.5 (the model service runs this
+    before converting a `.ckpt`, so another family is refused before anything is written).
+
+    Raises:
+        WrongModelFamily: naming the family found.
+    """
+    family = detect_family({k: tuple(v.shape) for k, v in state.items() if hasattr(v, "shape")})
+    if family != "sd15":
+        raise _refuse(path, family)
+
+
 def _read_single_file(path: Path) -> tuple[dict[str, Any], dict[str, tuple[int, ...]]]:
-    """Tensors and shapes of a single-file checkpoint; the family is checked before reading tensor data."""
+    """Tensors and shapes of a single-file checkpoint; the family is checked before reading tensor data.
+
+    A `.ckpt` is read weights-only here; the model service converts it to safetensors first
+    (`ModelService.runtime_path`), so this path serves direct callers only.
+    """
+    from engine.models.safe_load import load_state
+
     if path.suffix.lower() == ".safetensors":
         header = read_safetensors_header(path)
         shapes = {k: s for k, (_d, s) in header.tensors.items()}
         family = detect_family(shapes)
         if family != "sd15":
             raise _refuse(path, family)
-        from engine.models.safe_load import load_state
-
         return load_state(path), shapes
-    from engine.models.safe_load import load_state
-
     state = load_state(path)
     if isinstance(state.get("state_dict"), dict):  # Lightning .ckpt
         state = state["state_dict"]
     state = {k: v for k, v in state.items() if hasattr(v, "shape")}
-    shapes = {k: tuple(v.shape) for k, v in state.items()}
-    family = detect_family(shapes)
-    if family != "sd15":
-        raise _refuse(path, family)
-    return state, shapes
+    check_single_file(state, path)
+    return state, {k: tuple(v.shape) for k, v in state.items()}
 
 
 def _convert_vae_state(state: Mapping[str, Any], cfg: Mapping[str, Any]) -> dict[str, Any]:

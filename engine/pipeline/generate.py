@@ -169,7 +169,7 @@ class WPlusPipeline:
         """
         config = models.config
         sd_path, adapter_path = models.runtime_path("sd15"), models.runtime_path("adapter")
-        vae_path = models.find("vae")
+        vae_path = models.optional_runtime_path("vae")
         from engine.backends.select import open_runners
         from engine.backends.torch_backend import FastPathOptions
         from engine.devices import resolve_device

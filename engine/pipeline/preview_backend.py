@@ -17,7 +17,7 @@ from typing import Any
 import numpy as np
 
 from engine.backends.base import Runner
-from engine.errors import InvalidInput
+from engine.errors import InvalidInput, ModelMissing
 
 log = logging.getLogger(__name__)
 
@@ -83,7 +83,14 @@ class RunnerPreview:
             if self._torch is None:
                 log.info("preview sizes other than %d run on torch (the %s export covers %d² only)",
                          self.resolution, self.backend, self.resolution)
-                self._torch = self._torch_preview()
+                try:
+                    self._torch = self._torch_preview()
+                except ModelMissing as exc:
+                    raise ModelMissing(
+                        f"{exc.user_message} The {self.backend} export covers the {self.resolution}² preview only; "
+                        "other sizes and the exact reconstruction need the generator in the e4e file.",
+                        exc.hint,
+                    ) from None
             return self._torch
 
 

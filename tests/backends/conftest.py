@@ -17,41 +17,17 @@ PROFILE_ARGS = {"min_side": 64, "opt_side": 64, "max_side": 128, "max_batch": 2}
 
 
 def small_encoder() -> Any:
-    """A small real encoder with e4e's IO: image B×3×256×256 in [-1, 1] → W+ B×18×512 (codes + latent_avg).
+    """The small e4e stand-in (`tests.small_faces`) without input recording, so it can be exported."""
+    from tests.small_faces import small_encoder
 
-    The real E4EEncoder has a fixed 1 GB architecture; this one has the same IO, conv/pool/linear ops
-    and a latent_avg buffer, with rule weights.
-    """
-    import torch
-    from torch import nn
-
-    from engine.testing.wbn import fill_module
-
-    class SmallEncoder(nn.Module):
-        def __init__(self) -> None:
-            super().__init__()
-            self.conv = nn.Conv2d(3, 8, 4, stride=4)
-            self.pool = nn.AdaptiveAvgPool2d(4)
-            self.head = nn.Linear(8 * 16, 18 * 512)
-            self.register_buffer("latent_avg", torch.zeros(18, 512))
-
-        def forward(self, x: torch.Tensor) -> torch.Tensor:
-            h = self.pool(torch.relu(self.conv(x))).flatten(1)
-            return self.head(h).view(-1, 18, 512) + self.latent_avg
-
-    enc = SmallEncoder()
-    fill_module(enc, "test:backends_small_e4e.")
-    return enc.eval()
+    return small_encoder("test:backends_small_e4e.", record=False)
 
 
 def small_parser() -> Any:
     """ParseNet at the real 512² input with 4–8 channels and one residual block (rule weights)."""
-    from engine.networks.parsenet import ParseNet
-    from engine.testing.wbn import fill_module
+    from tests.small_faces import small_parsenet
 
-    net = ParseNet(size=512, min_feat_size=128, base_ch=4, res_depth=1, ch_range=(4, 8))
-    fill_module(net, "test:backends_small_parsenet.")
-    return net.eval()
+    return small_parsenet("test:backends_small_parsenet.")
 
 
 def small_preview() -> Any:

@@ -29,8 +29,8 @@ NO_TRT = importlib.util.find_spec("tensorrt") is None
 def face_models(models, profile, tmp_path_factory) -> Path:
     """A models folder whose `onnx/` holds the face encoder, parser and preview exports (no parser file).
 
-    The e4e checkpoint must be present for the chain to start, but the exported backends never read
-    it: a placeholder stands in for the 1 GB file.
+    The exported backends never read the e4e checkpoint (they run without it:
+    test_backend_face_chain_exports.py); a placeholder stands in for the 1 GB file, which torch refuses.
     """
     from export.to_onnx import export_onnx
 

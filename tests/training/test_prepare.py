@@ -21,16 +21,10 @@ def small_chain():
     from engine.backends.torch_backend import module_runner
     from engine.faces.chain import FaceChain
     from engine.faces.parse import FaceParser
-    from engine.networks.parsenet import ParseNet
-    from engine.testing.wbn import fill_module
-    from tests.unit.test_faces_chain import SmallEncoder
+    from tests.small_faces import small_encoder, small_parsenet
 
-    enc = SmallEncoder()
-    fill_module(enc, "test:small_e4e.")
-    net = ParseNet(size=512, min_feat_size=128, base_ch=4, res_depth=1, ch_range=(4, 8))
-    fill_module(net, "test:small_parsenet.")
-    return FaceChain(lambda: module_runner("face_encoder", enc.eval()),
-                     lambda: FaceParser(module_runner("face_parser", net.eval())))
+    enc, net = small_encoder(), small_parsenet()
+    return FaceChain(lambda: module_runner("face_encoder", enc), lambda: FaceParser(module_runner("face_parser", net)))
 
 
 @pytest.fixture(scope="module")

@@ -7,52 +7,16 @@ import json
 import numpy as np
 import pytest
 import torch
-from torch import nn
 
 from engine.backends.torch_backend import module_runner
 from engine.cancel import CancelToken
 from engine.config import EngineConfig
 from engine.errors import Cancelled, FaceNotFound, InvalidInput, ModelCorrupt, ModelMissing
 from engine.faces.chain import NO_PARSER_WARNING, FaceChain
-from engine.faces.parse import FaceParser
 from engine.faces.preprocess import e4e_input
 from engine.models.service import ModelService
-from engine.networks.parsenet import ParseNet
-from engine.testing.wbn import fill_module
-
-
-class SmallEncoder(nn.Module):
-    """A small real encoder with e4e's interface: 1×3×256×256 in [-1, 1] → W+ 1×18×512 (+ latent_avg)."""
-
-    def __init__(self) -> None:
-        super().__init__()
-        self.conv = nn.Conv2d(3, 8, 4, stride=4)
-        self.pool = nn.AdaptiveAvgPool2d(4)
-        self.head = nn.Linear(8 * 16, 18 * 512)
-        self.register_buffer("latent_avg", torch.zeros(18, 512))
-        self.inputs: list[np.ndarray] = []
-
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        self.inputs.append(x.detach().numpy().copy())
-        h = self.pool(torch.relu(self.conv(x))).flatten(1)
-        return self.head(h).view(-1, 18, 512) + self.latent_avg
-
 
 pytestmark = pytest.mark.usefixtures("one_torch_thread")
-
-
-@pytest.fixture(scope="module")
-def encoder():
-    enc = SmallEncoder()
-    fill_module(enc, "test:small_e4e.")
-    return enc.eval()
-
-
-@pytest.fixture(scope="module")
-def parser():
-    net = ParseNet(size=512, min_feat_size=128, base_ch=4, res_depth=1, ch_range=(4, 8))
-    fill_module(net, "test:small_parsenet.")
-    return FaceParser(module_runner("face_parser", net.eval()))
 
 
 @pytest.fixture

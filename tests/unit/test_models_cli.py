@@ -167,3 +167,92 @@ def test_progress_line():
     bar(Progress("importing x", 10_000, 10_000))
     bar.finish()
     assert stream.getvalue() == "importing x …\nimporting x: 10.0 KB\n"
+
+
+# -- clean ---------------------------------------------------------------------------------------------
+
+
+def _own_bytes(folder: Path) -> int:
+    """Bytes of the files only this folder holds (a hard link to a user's file frees nothing)."""
+    return sum(f.stat().st_size for f in folder.rglob("*") if f.is_file() and not f.is_symlink() and f.stat().st_nlink == 1)
+
+
+def test_clean_removes_copies_of_gone_or_changed_sources_and_nothing_else(tmp_path, capsys):
+    import os
+
+    import torch
+
+    from engine.models.converted import converted_copy
+
+    models, work = tmp_path / "models", tmp_path / "work"
+    models.mkdir()
+    work.mkdir()
+    for name in ("kept", "deleted", "changed"):
+        torch.save({"w": torch.arange(64.0)}, work / f"{name}.pth")
+    copies = {name: converted_copy(work / f"{name}.pth", models).parent for name in ("kept", "deleted", "changed")}
+    vae = work / "my-vae"  # a diffusers folder: its config is hard-linked into the copy
+    vae.mkdir()
+    (vae / "config.json").write_text('{"mine": 1}')
+    torch.save({"w": torch.arange(32.0)}, vae / "diffusion_pytorch_model.bin")
+    copies["folder"] = converted_copy(vae, models).parent
+    old = models / ".converted" / "0123456789ab"  # made before copies recorded their source
+    old.mkdir()
+    (old / "x.safetensors").write_bytes(b"x" * 100)
+    # user files: beside the store, inside it under other names, and a link to a user's folder
+    (models / "e4e_ffhq_encode.safetensors").write_bytes(b"user")
+    (models / ".converted" / "README.txt").write_text("mine")
+    (models / ".converted" / "notes").mkdir()
+    (models / ".converted" / "notes" / "n.txt").write_text("mine")
+    precious = tmp_path / "precious"
+    precious.mkdir()
+    (precious / "p.safetensors").write_bytes(b"p")
+    (models / ".converted" / "abcdef012345").symlink_to(precious, target_is_directory=True)
+
+    (work / "deleted.pth").unlink()
+    torch.save({"w": torch.arange(65.0)}, work / "changed.pth")
+    st = (vae / "config.json").stat()
+    os.utime(vae / "config.json", ns=(st.st_atime_ns, st.st_mtime_ns + 10**9))
+    stale = [copies["deleted"], copies["changed"], copies["folder"], old]
+    expected = sum(_own_bytes(d) for d in stale)
+    assert expected < sum(f.stat().st_size for d in stale for f in d.rglob("*") if f.is_file())  # the link
+
+    capsys.readouterr()
+    assert run(tmp_path, "clean", "--dry-run") == 0
+    out = capsys.readouterr().out
+    assert all(d.exists() for d in copies.values())
+    assert out.count("would remove: ") == 4
+    assert f"({expected:,} bytes) would be freed" in out
+
+    assert run(tmp_path, "clean") == 0
+    out = capsys.readouterr().out
+    assert {d for d in copies.values() if d.exists()} == {copies["kept"]}
+    assert not old.exists()
+    assert "removed 4 converted copies, " in out
+    assert f"({expected:,} bytes) freed" in out
+    assert f"source gone: {work / 'deleted.pth'}" in out
+    assert f"source changed: {work / 'changed.pth'}" in out
+    assert "unknown source" in out
+    # nothing outside the TAG folders was touched
+    assert (vae / "config.json").read_text() == '{"mine": 1}'
+    assert (vae / "diffusion_pytorch_model.bin").is_file()
+    assert (models / "e4e_ffhq_encode.safetensors").read_bytes() == b"user"
+    assert (models / ".converted" / "README.txt").read_text() == "mine"
+    assert (models / ".converted" / "notes" / "n.txt").read_text() == "mine"
+    assert (precious / "p.safetensors").read_bytes() == b"p"
+    assert (models / ".converted" / "abcdef012345").is_symlink()
+
+    kept = _own_bytes(copies["kept"])
+    assert run(tmp_path, "clean", "--all") == 0
+    out = capsys.readouterr().out
+    assert not copies["kept"].exists()
+    assert "removed 1 converted copy, " in out
+    assert f"({kept:,} bytes) freed" in out
+    assert (work / "kept.pth").is_file()
+    # rebuilt on demand
+    assert converted_copy(work / "kept.pth", models).is_file()
+
+
+def test_clean_without_converted_copies(tmp_path, capsys):
+    (tmp_path / "models").mkdir()
+    assert run(tmp_path, "clean") == 0
+    assert "no converted copies" in capsys.readouterr().out

@@ -277,3 +277,64 @@ def test_unsafe_pickle_is_quarantined_not_converted(tmp_path):
     assert not (models / "parse_multi_iter_90000.pth").exists()
     assert len(list((models / ".quarantine").glob("parse_multi_iter_90000.pth.*[0-9]"))) == 1
     assert "parser" in report.missing
+
+
+def test_sd15_pickles_are_converted_into_converted_on_import_and_reused_by_loads(tmp_path, monkeypatch):
+    import torch
+
+    from engine.models.service import ModelService
+
+    man = manifest(tmp_path)
+    src = tmp_path / "usb"
+    (src / "sd15").mkdir(parents=True)
+    ckpt_state = {"model.diffusion_model.x": torch.arange(40.0), "cond_stage_model.transformer.y": torch.ones(3)}
+    torch.save({"state_dict": ckpt_state, "global_step": 1}, src / "sd15" / "mine.ckpt")
+    vae = src / "sd-vae-ft-mse"
+    vae.mkdir()
+    (vae / "config.json").write_text("{}")
+    torch.save({"decoder.w": torch.arange(50.0)}, vae / "diffusion_pytorch_model.bin")
+    models = tmp_path / "models"
+    report = import_models(src, models, manifest=man)
+    assert report.rejected == ()
+    assert (models / "sd15" / "mine.ckpt").is_file()  # the user's file is kept as it came
+    converted = dict(report.converted)
+    assert converted["sd15"].name == "mine.safetensors"
+    assert converted["sd15"].parent.parent == models / ".converted"
+    assert converted["vae"].name == "sd-vae-ft-mse"
+    assert (converted["vae"] / "diffusion_pytorch_model.safetensors").is_file()
+    assert (converted["vae"] / "config.json").read_text() == "{}"
+    from engine.models.safe_load import load_state
+
+    got = load_state(converted["sd15"])
+    assert set(got) == set(ckpt_state)
+    for k, v in ckpt_state.items():
+        assert torch.equal(got[k], v)
+
+    def refuse(*_a, **_k):
+        raise AssertionError("torch.load was called after the import converted the file")
+
+    monkeypatch.setattr(torch, "load", refuse)
+    service = ModelService(EngineConfig(models_dir=models))
+    assert service.runtime_path("sd15") == converted["sd15"]
+    assert service.optional_runtime_path("vae") == converted["vae"]
+
+
+def test_diffusers_folder_of_bin_weights_is_converted_on_import(tmp_path):
+    import torch
+
+    man = manifest(tmp_path)
+    src = tmp_path / "usb"
+    make_sd15_folder(src / "old-sd15")
+    for comp, st_name, bin_name in (("unet", "diffusion_pytorch_model.safetensors", "diffusion_pytorch_model.bin"),
+                                    ("text_encoder", "model.safetensors", "pytorch_model.bin")):
+        (src / "old-sd15" / comp / st_name).unlink()
+        torch.save({"w": torch.arange(20.0)}, src / "old-sd15" / comp / bin_name)
+    models = tmp_path / "models"
+    report = import_models(src, models, manifest=man)
+    [(entry_id, out)] = report.converted
+    assert entry_id == "sd15"
+    assert out.name == "old-sd15"
+    assert sorted(p.relative_to(out).as_posix() for p in out.rglob("*.safetensors")) == [
+        "text_encoder/model.safetensors", "unet/diffusion_pytorch_model.safetensors",
+        "vae/diffusion_pytorch_model.safetensors"]
+    assert (models / "sd15" / "old-sd15" / "unet" / "diffusion_pytorch_model.bin").is_file()

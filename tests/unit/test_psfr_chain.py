@@ -14,30 +14,14 @@ from engine.backends.torch_backend import module_runner
 from engine.config import EngineConfig
 from engine.errors import ModelMissing
 from engine.faces.chain import FaceChain
-from engine.faces.parse import FaceParser, parser_input
+from engine.faces.parse import parser_input
 from engine.faces.preprocess import e4e_input, removal_mask
 from engine.faces.restore import FaceRestorer, open_restorer, parse_onehot, tensor2pil
 from engine.models.service import ModelService
-from engine.networks.parsenet import ParseNet
 from engine.networks.psfrgan import PSFRGenerator
 from engine.testing.wbn import fill_module
-from tests.unit.test_faces_chain import SmallEncoder
 
 pytestmark = pytest.mark.usefixtures("one_torch_thread")
-
-
-@pytest.fixture(scope="module")
-def encoder():
-    enc = SmallEncoder()
-    fill_module(enc, "test:small_e4e.")
-    return enc.eval()
-
-
-@pytest.fixture(scope="module")
-def parser():
-    net = ParseNet(size=512, min_feat_size=128, base_ch=4, res_depth=1, ch_range=(4, 8))
-    fill_module(net, "test:small_parsenet.")
-    return FaceParser(module_runner("face_parser", net.eval()))
 
 
 class SpyGenerator(torch.nn.Module):

@@ -3,8 +3,10 @@
 from __future__ import annotations
 
 import json
+import os
 import shutil
 
+import numpy as np
 import pytest
 import torch
 from safetensors.torch import save_file
@@ -190,3 +192,197 @@ def test_garbage_and_missing_paths(tmp_path):
         load_sd15(tmp_path / "nope.safetensors")
     with pytest.raises(ModelMissing, match=r"unet/config\.json"):
         load_sd15(tmp_path)
+
+
+# -- pickles are converted once by the model service (never unpickled on later loads) -----------------
+
+
+class _Payload:
+    """Unpickling this calls open(marker, 'w'): a file appears if the pickle's code ever runs."""
+
+    def __init__(self, marker: str) -> None:
+        self.marker = marker
+
+    def __reduce__(self):
+        return (open, (self.marker, "w"))
+
+
+def _service(models, **paths):
+    from engine.config import EngineConfig
+    from engine.models.service import ModelService
+
+    return ModelService(EngineConfig(models_dir=models, device="cpu", **paths))
+
+
+def _modules(comps):
+    return {"unet": comps.unet, "vae": comps.vae, "text_encoder": comps.text_encoder}
+
+
+def _assert_bit_identical(a, b):
+    for name in ("unet", "vae", "text_encoder"):
+        sa, sb = _modules(a)[name].state_dict(), _modules(b)[name].state_dict()
+        assert set(sa) == set(sb), name
+        for k in sa:
+            assert sa[k].dtype == sb[k].dtype, f"{name}.{k}"
+            assert torch.equal(sa[k], sb[k]), f"{name}.{k}"
+
+
+@pytest.fixture
+def no_unpickling(monkeypatch):
+    """After this is called, any torch.load fails the test."""
+
+    def arm():
+        def refuse(*_a, **_k):
+            raise AssertionError("torch.load was called: a pickle was read again")
+
+        monkeypatch.setattr(torch, "load", refuse)
+
+    return arm
+
+
+def test_sd15_ckpt_is_converted_once_and_loads_bit_identical(tiny, single_file, tmp_path, no_unpickling):
+    from safetensors.torch import load_file
+
+    state = load_file(str(single_file))
+    ckpt = tmp_path / "work" / "tiny-sd15.ckpt"
+    ckpt.parent.mkdir()
+    # a Lightning checkpoint as A1111 users keep them: non-tensor entries beside the state dict
+    torch.save({"state_dict": {**state, "some_step": 3}, "global_step": 470000, "epoch": 6}, ckpt)
+    models = tmp_path / "models"
+    models.mkdir()
+    direct = load_sd15(ckpt, config_dir=tiny / "sd15")  # the weights-only pickle read, as before
+
+    first = _service(models, sd_model=str(ckpt)).runtime_path("sd15")
+    assert first.suffix == ".safetensors"
+    assert first.parent.parent == models / ".converted"
+    assert not ckpt.with_suffix(".safetensors").exists()  # nothing written beside the user's file
+    no_unpickling()
+    again = _service(models, sd_model=str(ckpt)).runtime_path("sd15")
+    assert again == first
+    _assert_bit_identical(load_sd15(again, config_dir=tiny / "sd15"), direct)
+
+    st = ckpt.stat()  # a changed source is converted again (the stale copy is not used)
+    os.utime(ckpt, ns=(st.st_atime_ns, st.st_mtime_ns + 10**9))
+    with pytest.raises(AssertionError, match=r"torch\.load was called"):
+        _service(models, sd_model=str(ckpt)).runtime_path("sd15")
+
+
+def test_sd15_ckpt_in_the_models_folder_is_found_and_converted(tiny, single_file, tmp_path):
+    from safetensors.torch import load_file
+
+    models = tmp_path / "models"
+    (models / "sd15").mkdir(parents=True)
+    torch.save(load_file(str(single_file)), models / "sd15" / "mine.ckpt")
+    service = _service(models)
+    assert service.find("sd15") == models / "sd15" / "mine.ckpt"
+    out = service.runtime_path("sd15")
+    assert out.name == "mine.safetensors"
+    assert out.parent.parent == models / ".converted"
+    assert read_safetensors_header(out).tensors.keys() == load_file(str(single_file)).keys()
+
+
+def test_sd15_ckpt_with_code_is_refused_before_it_runs_and_nothing_is_written(tmp_path):
+    from engine.errors import UnsafeCheckpoint
+
+    marker = tmp_path / "marker"
+    ckpt = tmp_path / "evil.ckpt"
+    torch.save({"state_dict": {UNET_IN: _Payload(str(marker))}}, ckpt)
+    models = tmp_path / "models"
+    models.mkdir()
+    with pytest.raises(UnsafeCheckpoint, match="refused for safety"):
+        _service(models, sd_model=str(ckpt)).runtime_path("sd15")
+    assert not marker.exists()
+    assert not list(models.rglob("*.safetensors"))
+    assert not list(models.rglob("source.json"))
+
+
+def test_sd15_ckpt_of_another_family_is_refused_before_conversion(tmp_path):
+    ckpt = tmp_path / "sdxl.ckpt"
+    torch.save({"state_dict": {"conditioner.embedders.1.model.ln_final.weight": torch.zeros(4),
+                               UNET_IN: torch.zeros(320, 4, 3, 3)}}, ckpt)
+    models = tmp_path / "models"
+    models.mkdir()
+    with pytest.raises(WrongModelFamily, match=r"sdxl\.ckpt is SDXL"):
+        _service(models, sd_model=str(ckpt)).runtime_path("sd15")
+    assert not list(models.rglob("*.safetensors"))
+
+
+def _pickled_folder(src, dst):
+    """A copy of a diffusers folder whose component weights are pickles (.bin), as older downloads are."""
+    from safetensors.torch import load_file
+
+    shutil.copytree(src, dst, ignore=shutil.ignore_patterns("*.safetensors"))
+    for sub, st_name, bin_name in (("unet", "diffusion_pytorch_model.safetensors", "diffusion_pytorch_model.bin"),
+                                   ("vae", "diffusion_pytorch_model.safetensors", "diffusion_pytorch_model.bin"),
+                                   ("text_encoder", "model.safetensors", "pytorch_model.bin")):
+        torch.save(load_file(str(src / sub / st_name)), dst / sub / bin_name)
+    return dst
+
+
+def test_diffusers_folder_of_bin_weights_is_converted_once_and_loads_bit_identical(tiny, tmp_path, no_unpickling):
+    folder = _pickled_folder(tiny / "sd15", tmp_path / "work" / "old-sd15")
+    (folder / "safety_checker").mkdir()
+    (folder / "safety_checker" / "pytorch_model.bin").write_bytes(b"never read")
+    (folder / "v1-5-pruned-emaonly.ckpt").write_bytes(b"never read")  # beside the components, as in hub clones
+    models = tmp_path / "models"
+    models.mkdir()
+    direct = load_sd15(folder)
+
+    out = _service(models, sd_model=str(folder)).runtime_path("sd15")
+    assert out.name == "old-sd15"
+    assert out.parent.parent == models / ".converted"
+    assert sorted(p.relative_to(out).as_posix() for p in out.rglob("*.safetensors")) == [
+        "text_encoder/model.safetensors", "unet/diffusion_pytorch_model.safetensors",
+        "vae/diffusion_pytorch_model.safetensors"]
+    assert not list(out.rglob("*.bin"))
+    assert not list(out.rglob("*.ckpt"))
+    assert (out / "model_index.json").read_text() == (folder / "model_index.json").read_text()
+    assert not (out / "safety_checker").exists()
+    assert not list(folder.rglob("*.safetensors"))  # the user's folder is not written to
+    no_unpickling()
+    assert _service(models, sd_model=str(folder)).runtime_path("sd15") == out
+    _assert_bit_identical(load_sd15(out), direct)
+
+    st = (folder / "unet" / "diffusion_pytorch_model.bin").stat()
+    os.utime(folder / "unet" / "diffusion_pytorch_model.bin", ns=(st.st_atime_ns, st.st_mtime_ns + 10**9))
+    with pytest.raises(AssertionError, match=r"torch\.load was called"):
+        _service(models, sd_model=str(folder)).runtime_path("sd15")
+
+
+def test_a_safetensors_folder_and_file_are_used_as_they_are(tiny, single_file, tmp_path):
+    models = tmp_path / "models"
+    models.mkdir()
+    assert _service(models, sd_model=str(tiny / "sd15")).runtime_path("sd15") == tiny / "sd15"
+    assert _service(models, sd_model=str(single_file)).runtime_path("sd15") == single_file
+    assert not (models / ".converted").exists()
+
+
+def test_a_session_pipeline_on_pickled_weights_reads_no_pickle_the_second_time(tiny, tmp_path, no_unpickling):
+    from engine.api import GenerateRequest
+    from engine.models.service import ModelService
+    from engine.pipeline.generate import WPlusPipeline
+    from engine.testing.tiny import tiny_config, tiny_wplus
+
+    root = tmp_path / "models"
+    _pickled_folder(tiny / "sd15", root / "sd15")
+    shutil.copy(tiny / "wplus_adapter.bin", root / "wplus_adapter.bin")
+    config = tiny_config(root)
+    request = GenerateRequest(prompt="a photo", wplus=tiny_wplus(), width=64, height=64, steps=2, seed=3)
+    first = WPlusPipeline.from_service(ModelService(config)).render(request)
+    no_unpickling()
+    second = WPlusPipeline.from_service(ModelService(config)).render(request)
+    assert np.array_equal(first.images[0], second.images[0])
+
+
+def test_a_folder_with_a_pickle_that_carries_code_is_refused_and_leaves_no_copy(tiny, tmp_path):
+    from engine.errors import UnsafeCheckpoint
+
+    folder = _pickled_folder(tiny / "sd15", tmp_path / "work" / "evil-sd15")
+    marker = tmp_path / "marker"
+    torch.save({"conv_in.weight": _Payload(str(marker))}, folder / "unet" / "diffusion_pytorch_model.bin")
+    models = tmp_path / "models"
+    models.mkdir()
+    with pytest.raises(UnsafeCheckpoint, match=r"diffusion_pytorch_model\.bin was refused for safety"):
+        _service(models, sd_model=str(folder)).runtime_path("sd15")
+    assert not marker.exists()
+    assert not any((models / ".converted").iterdir())  # the half-made copy was removed
