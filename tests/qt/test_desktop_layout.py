@@ -9,11 +9,8 @@ from __future__ import annotations
 
 import pytest
 from PySide6.QtCore import QRect
-from PySide6.QtWidgets import QLabel
 
 from tests.qt.test_psfr_restore_panel import RestoringSession
-
-_SHOTS = __import__('pathlib').Path('/tmp/desk') if __import__('os').environ.get('DESK_SHOTS') else None
 
 
 def _settle(qtbot, app, size: tuple[int, int]) -> None:
@@ -95,7 +92,7 @@ def test_the_restored_faces_and_the_verdict_get_room_or_scroll(qtbot, make_app, 
     assert w.minimumSizeHint().width() <= size[0]
     scroll = w.restore_scroll
     if size[1] >= 900:  # a 900-px window shows the faces and the verdict at once
-        assert scroll.verticalScrollBar().maximum() == 0, (w._left.sizes(), [w._left.widget(i).minimumSizeHint() for i in range(3)], scroll.viewport().size(), panel.size(), scroll.content_height(scroll.viewport().width()))
+        assert scroll.verticalScrollBar().maximum() == 0
         for part in (panel.faces, panel.readout):
             assert part.visibleRegion().boundingRect().height() == part.height(), type(part).__name__
         assert panel.aligned_view.height() >= 96
@@ -120,9 +117,8 @@ def test_a_render_s_reports_never_widen_a_1024_px_window(qtbot, make_app):
     w._on_timings({"total": 123.45, "conditioning_s": 1.25, "denoise_s": 120.0, "decode_s": 2.2})
     app.studio.status_message.emit("Cancelled after step 27 of 150 (61.0 s). The previous result is still shown.")
     qtbot.wait(50)
-    assert w.minimumSizeHint().width() <= 1024, ([w.splitter.widget(i).minimumSizeHint() for i in range(3)], w.statusBar().minimumSizeHint(), [(type(c).__name__, c.text()[:20], c.minimumSizeHint().width()) for c in w.statusBar().findChildren(QLabel)], rv.minimumSizeHint())
+    assert w.minimumSizeHint().width() <= 1024
     assert w.width() == 1024
-    w.grab().save(str(_SHOTS / "render_1024.png")) if _SHOTS else None
     for label in (rv.step_label, rv.eta_label, rv.likeness_label, rv.warning_label):
         assert label.isVisible()
         if label.elided_text() != label.text():  # cut to fit: the whole text is a hover away
